@@ -1,0 +1,44 @@
+"""The install breakages `make setup` handles, each proved fixed (README: "Install notes")."""
+
+import importlib.metadata as md
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+
+def _version(name: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in md.version(name).split(".")[:3] if p.isdigit())
+
+
+def test_dataclasses_is_the_standard_library():
+    # img2dataset pulls the Python 3.6 `dataclasses` backport; it shadows the stdlib and Prefect's
+    # server dies at start ("dataclass() got an unexpected keyword argument 'slots'").
+    import dataclasses
+
+    assert Path(dataclasses.__file__).parent == Path(sysconfig.get_paths()["stdlib"])
+    with pytest.raises(md.PackageNotFoundError):
+        md.distribution("dataclasses")
+
+
+def test_pinned_versions_that_work_together():
+    assert _version("fastapi") < (0, 155)  # >= 0.155 breaks Prefect 3.8's server (Body(min_items=...))
+    assert (3, 8) <= _version("prefect") < (3, 9)  # 3.9.1 is not installable from the reachable index
+    assert _version("webdataset") < (0, 3)  # img2dataset pins webdataset<0.3
+    assert (5, 0) <= _version("transformers") < (5, 21)  # what vLLM accepts, so one GPU env holds both
+
+
+def test_img2dataset_and_webdataset_import_together():
+    import img2dataset
+    import webdataset
+
+    assert callable(img2dataset.download)
+    assert hasattr(webdataset, "TarWriter")
+
+
+@pytest.mark.slow
+def test_prefect_server_starts_and_answers(prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.api_healthcheck() is None  # None means healthy

@@ -1,0 +1,10 @@
+"""VoRA pipeline core: all logic, importable and testable without Prefect."""
+
+import os
+
+# img2dataset imports albumentations, which otherwise phones home for updates on import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from vora_core.errors import CatalogError, DataError, ModelError, StageError, VoraError
+
+__all__ = ["CatalogError", "DataError", "ModelError", "StageError", "VoraError"]

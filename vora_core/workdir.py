@@ -1,0 +1,173 @@
+"""The run directory: layout, atomic writes, completion markers and fingerprints.
+
+The stage contract (DESIGN.md): a unit writes its outputs under a temporary name, renames them into
+place, then writes `<output>.done.json` holding its stats and the fingerprint of its inputs and
+settings. A unit whose marker holds the same fingerprint is skipped, so a crash at any instant leaves
+either nothing or a complete unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("download", "recaption", "mix", "pretrain", "merge", "finetune", "evaluate")
+MARKER_SUFFIX = ".done.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able values (dict key order does not matter)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tmp_sibling(path: Path) -> Path:
+    # Hidden and unique, in the same directory so the final rename is atomic (same filesystem).
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto `path` (file or directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            # os.replace cannot replace a non-empty directory: move the old one aside first.
+            old = _tmp_sibling(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def marker_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + MARKER_SUFFIX)
+
+
+def read_marker(output: str | Path) -> dict | None:
+    path = marker_path(output)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def is_done(output: str | Path, fp: str) -> bool:
+    marker = read_marker(output)
+    return marker is not None and marker.get("fingerprint") == fp
+
+
+def write_marker(output: str | Path, fp: str, stats: dict) -> dict:
+    marker = {"fingerprint": fp, "finished_at": time.time(), "stats": stats}
+    atomic_write_json(marker_path(output), marker)
+    return marker
+
+
+def clear_marker(output: str | Path) -> None:
+    marker_path(output).unlink(missing_ok=True)
+
+
+@dataclass
+class Unit:
+    """One resumable piece of a stage. Small and picklable: it carries paths and settings, not data."""
+
+    stage: str
+    id: str
+    output: str
+    fingerprint: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        """Marker matches and the output is still there (a deleted output is redone)."""
+        return Path(self.output).exists() and is_done(self.output, self.fingerprint)
+
+
+def run_unit_with_marker(unit: Unit, work: Callable[[Unit], dict], force: bool = False) -> dict:
+    """Skip `unit` if its marker matches; otherwise run `work(unit)` and write the marker.
+
+    Returns the unit's stats with `status` = "skipped" | "done" and the `unit` id.
+    """
+    if not force and unit.done:
+        marker = read_marker(unit.output) or {}
+        return {**marker.get("stats", {}), "status": "skipped", "unit": unit.id}
+    clear_marker(unit.output)
+    started = time.perf_counter()
+    stats = dict(work(unit))
+    stats.setdefault("seconds", round(time.perf_counter() - started, 3))
+    write_marker(unit.output, unit.fingerprint, stats)
+    return {**stats, "status": "done", "unit": unit.id}
+
+
+class RunDir:
+    """Paths of one run directory (see DESIGN.md "The run directory")."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "catalog.lock.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.duckdb"
+
+    def sources(self, source: str) -> Path:
+        return self.root / "sources" / source
+
+    def shards(self, source: str) -> Path:
+        return self.root / "shards" / source
+
+    def captions(self, source: str) -> Path:
+        return self.root / "captions" / source
+
+    def text(self, source: str) -> Path:
+        return self.root / "text" / source
+
+    def mixture(self, stage: str) -> Path:
+        return self.root / "mixture" / stage
+
+    def stage_dir(self, stage: str) -> Path:
+        """pretrain/, merged/, finetune/, eval/."""
+        return self.root / {"merge": "merged", "evaluate": "eval"}.get(stage, stage)
+
+    def ensure(self) -> RunDir:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
