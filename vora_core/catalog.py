@@ -157,7 +157,10 @@ class Catalog(Strict):
         """Write the resolved catalog (all defaults filled in) to `<workdir>/catalog.lock.yaml`."""
         self.run.ensure()
         text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-        return atomic_write_text(self.run.lock_file, text)
+        lock = self.run.lock_file
+        if lock.exists() and lock.read_text() == text:
+            return lock  # unchanged: a rerun rewrites nothing
+        return atomic_write_text(lock, text)
 
 
 # ----------------------------------------------------------------------------------- loading & errors

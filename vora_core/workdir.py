@@ -139,7 +139,7 @@ class RunDir:
     """Paths of one run directory (see DESIGN.md "The run directory")."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
 
     @property
     def lock_file(self) -> Path:

@@ -1,0 +1,29 @@
+"""download stage: sources → url partitions → img2dataset → webdataset shards + manifest."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.common import map_units, publish_table
+from vora_core.catalog import load_catalog
+from vora_core.data import download
+from vora_core.manifest import open_manifest
+
+
+@flow(name="download", log_prints=True)
+def download_flow(catalog_path: str, force: bool = False) -> list[dict]:
+    catalog = load_catalog(catalog_path)
+    catalog.write_lock()
+    settings = catalog.download
+    map_units(
+        catalog, catalog_path, "download-prepare", download.prepare_units(catalog),
+        "vora_core.data.download:run_prepare", force=force,
+    )
+    results = map_units(
+        catalog, catalog_path, "download", download.plan(catalog), "vora_core.data.download:run_unit",
+        force=force, retries=settings.unit_retries, parallel=settings.parallel_units,
+    )
+    open_manifest(catalog.run).close()  # rebuild the views over what is on disk now
+    rows = download.summary(catalog)
+    publish_table(catalog, "download", rows, "download: rows, successes, failures by reason, images/s")
+    return results

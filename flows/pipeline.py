@@ -1,0 +1,31 @@
+"""vora_pipeline: the stages built so far, chained as subflows, with only/from/until/force."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prefect import flow, get_run_logger
+
+from flows.download import download_flow
+from vora_core.catalog import load_catalog
+from vora_core.stages import check_stage, select_stages
+
+# Stage name → its flow, in pipeline order. Later stages register here as they are built.
+STAGE_FLOWS: dict[str, Callable[..., object]] = {
+    "download": download_flow,
+}
+
+
+@flow(name="vora-pipeline")
+def vora_pipeline(
+    catalog_path: str,
+    only: list[str] | None = None,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+    force: list[str] | None = None,
+) -> dict[str, object]:
+    load_catalog(catalog_path).write_lock()  # fail fast on a bad catalog, before any stage
+    forced = {check_stage(s) for s in force or []}
+    stages = select_stages(STAGE_FLOWS, only=only, from_=from_stage, until=until_stage)
+    get_run_logger().info("stages: %s", ", ".join(stages))
+    return {stage: STAGE_FLOWS[stage](catalog_path, force=stage in forced) for stage in stages}

@@ -1,0 +1,49 @@
+"""docker-compose.yml and Dockerfile structure (Docker cannot run on this machine)."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_and_dependencies():
+    services = compose()["services"]
+    assert set(services) == {"postgres", "prefect-server", "worker", "vllm"}
+    assert services["prefect-server"]["build"] == "."
+    assert services["worker"]["image"] == services["prefect-server"]["image"]
+    assert services["prefect-server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["worker"]["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert services["vllm"]["profiles"] == ["vllm"]
+    for name in ("postgres", "prefect-server", "vllm"):
+        assert services[name]["healthcheck"]["test"], name
+    assert set(compose()["volumes"]) == {"pgdata", "runs", "hf-cache"}
+    assert "runs:/app/runs" in services["worker"]["volumes"]
+
+
+def test_no_default_secrets_and_localhost_only():
+    text = (ROOT / "docker-compose.yml").read_text()
+    # Every use of a secret is `${VAR:?message}`: compose refuses to start without it.
+    for var in ("POSTGRES_PASSWORD", "PREFECT_SERVER_API_AUTH_STRING"):
+        uses = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
+        assert uses and all(u.startswith(":?") for u in uses), var
+    services = compose()["services"]
+    server_env = services["prefect-server"]["environment"]
+    assert "postgresql+asyncpg://" in server_env["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert services["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    for svc in services.values():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+
+
+def test_dockerfile_builds_the_make_setup_install():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("# ") and "FROM python:3.11" in text
+    assert re.search(r"^RUN make setup VENV=/opt/vora .*TORCH_SPEC=", text, re.M)
+    for path in ("pyproject.toml", "vora_core", "flows", "catalogs"):
+        assert f"COPY {path}" in text or f" {path} " in text.split("COPY", 1)[1]

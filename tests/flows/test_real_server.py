@@ -1,0 +1,116 @@
+"""A real Prefect server + process worker on 127.0.0.1: deploy the pipeline, trigger it through the
+REST API, and check flow-run and task-run states. Every process started here is stopped by pid."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def wait_for(predicate, timeout: float, what: str, logs: list[Path]):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def test_deploy_and_run_on_a_real_server(tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": api,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    catalog = {
+        "name": "served",
+        "workdir": str(tmp_path / "run"),
+        "sources": {"shapes": {"kind": "synthetic_shapes", "n": 8, "heldout": 2}},
+        "download": {"image_size": 64, "processes_count": 1, "thread_count": 2,
+                     "number_sample_per_shard": 8, "rows_per_unit": 8},
+    }
+    catalog_path = tmp_path / "served.yaml"
+    catalog_path.write_text(yaml.safe_dump(catalog))
+    server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
+    server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                   env, server_log)
+    worker = None
+    try:
+        def healthy():
+            try:
+                return httpx.get(f"{api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 120, "the Prefect server", [server_log])
+        subprocess.run([str(BIN / "prefect"), "work-pool", "create", "vora-test", "--type", "process"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        out = subprocess.run([str(BIN / "vora"), "deploy", str(catalog_path), "--pool", "vora-test",
+                              "--name", "served-test", "--only", "download"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        deployment = httpx.get(f"{api}/deployments/name/vora-pipeline/served-test", timeout=10).json()
+        assert deployment["parameters"] == {"catalog_path": str(catalog_path.resolve()), "only": ["download"]}
+
+        worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "vora-test", "--type", "process"],
+                       env, worker_log)
+        run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+
+        def finished():
+            state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]
+            return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+
+        state = wait_for(finished, 400, "the flow run", [server_log, worker_log])
+        assert state["type"] == "COMPLETED", json.dumps(state) + worker_log.read_text()[-3000:]
+
+        flow_runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+        assert {fr["name"] for fr in flow_runs} >= {run["name"]}
+        assert {fr["state"]["type"] for fr in flow_runs} == {"COMPLETED"}
+        subflows = {fr["flow_id"] for fr in flow_runs if fr["id"] != run["id"]}
+        assert len(subflows) == 1  # the download stage ran as a subflow
+        task_runs = httpx.post(f"{api}/task_runs/filter", json={}, timeout=10).json()
+        names = sorted(tr["name"] for tr in task_runs if not tr["name"].startswith("download-prepare"))
+        assert names and {tr["state"]["type"] for tr in task_runs} == {"COMPLETED"}
+        assert (tmp_path / "run" / "shards" / "shapes").is_dir()
+    finally:
+        for proc in (worker, server):
+            if proc is not None:
+                stop(proc)
+    assert server.poll() is not None and (worker is None or worker.poll() is not None)

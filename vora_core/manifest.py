@@ -1,0 +1,141 @@
+"""The run's DuckDB manifest: views over the parquet files every stage writes.
+
+`manifest.duckdb` holds only view definitions, so it can be deleted and rebuilt at any time; the
+parquet files are the data. Base views read a glob of files (or are empty, with the right columns,
+while no file exists yet); derived views are SQL over other views. Stages register their own views
+with `register_view`. One process at a time writes the file (DuckDB's own lock; we retry briefly).
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from vora_core.workdir import RunDir
+
+
+@dataclass(frozen=True)
+class View:
+    """`select` is SQL over `{src}` (the files matching `pattern`, under the run root) — or over other
+    views when `pattern` is None. `empty` gives the same columns and no rows."""
+
+    name: str
+    select: str
+    empty: str
+    pattern: str | None = None
+
+
+VIEWS: dict[str, View] = {}
+
+
+def register_view(view: View) -> View:
+    VIEWS[view.name] = view
+    return view
+
+
+def _empty(columns: dict[str, str]) -> str:
+    return "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in columns.items()) + " LIMIT 0"
+
+
+SHARD_ROW_COLUMNS = {
+    "source": "VARCHAR", "shard": "VARCHAR", "key": "VARCHAR", "row_id": "VARCHAR", "url": "VARCHAR",
+    "caption": "VARCHAR", "status": "VARCHAR", "error_message": "VARCHAR", "width": "INTEGER",
+    "height": "INTEGER", "original_width": "INTEGER", "original_height": "INTEGER", "sha256": "VARCHAR",
+}
+
+register_view(View(
+    name="shard_rows",
+    pattern="shards/*/?????.parquet",
+    select=r"""
+        SELECT regexp_extract(filename, '/shards/([^/]+)/\d+\.parquet$', 1) AS source,
+               regexp_extract(filename, '/(\d+)\.parquet$', 1) AS shard,
+               key, row_id, url, caption, status, error_message,
+               width::INTEGER AS width, height::INTEGER AS height,
+               original_width::INTEGER AS original_width, original_height::INTEGER AS original_height, sha256
+        FROM {src}""",
+    empty=_empty(SHARD_ROW_COLUMNS),
+))
+register_view(View(
+    name="source_rejects",
+    pattern="sources/*/rejects.parquet",
+    select=r"""
+        SELECT regexp_extract(filename, '/sources/([^/]+)/rejects\.parquet$', 1) AS source, row_id, url, reason
+        FROM {src}""",
+    empty=_empty({"source": "VARCHAR", "row_id": "VARCHAR", "url": "VARCHAR", "reason": "VARCHAR"}),
+))
+register_view(View(
+    name="images",
+    select="""
+        SELECT source || '/' || key AS sample_id, source, shard, key, row_id, url, caption AS alt_text,
+               width, height, sha256, status, error_message AS error
+        FROM shard_rows WHERE status = 'success'""",
+    empty="",
+))
+register_view(View(
+    name="download_failures",
+    select="""
+        SELECT source, shard, key, row_id, url, status, error_message AS error
+        FROM shard_rows WHERE status <> 'success'
+        UNION ALL
+        SELECT source, NULL, NULL, row_id, url, 'rejected', reason FROM source_rejects""",
+    empty="",
+))
+register_view(View(
+    name="shards",
+    select="""
+        SELECT source, shard, count(*) AS rows, count(*) FILTER (WHERE status = 'success') AS successes,
+               count(*) FILTER (WHERE status <> 'success') AS failures
+        FROM shard_rows GROUP BY source, shard""",
+    empty="",
+))
+
+
+def _source_sql(root: Path, pattern: str) -> str | None:
+    """The glob itself (so the view sees files added later), or None while nothing matches."""
+    full = str(root / pattern)
+    if not glob.glob(full):
+        return None
+    return "read_parquet('" + full.replace("'", "''") + "', filename=true, union_by_name=true)"
+
+
+def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """(Re)create every registered view over what is on disk now (base views first)."""
+    root = root.resolve()
+    for view in sorted(VIEWS.values(), key=lambda v: v.pattern is None):
+        if view.pattern is None:
+            sql = view.select
+        else:
+            src = _source_sql(root, view.pattern)
+            sql = view.select.replace("{src}", src) if src else view.empty
+        con.execute(f"CREATE OR REPLACE VIEW {view.name} AS {sql}")
+
+
+def open_manifest(
+    run: RunDir, read_only: bool = False, memory_limit: str = "2GB", threads: int = 2
+) -> duckdb.DuckDBPyConnection:
+    """Open `<workdir>/manifest.duckdb` with every view rebuilt (unless read_only)."""
+    run.ensure()
+    for attempt in range(50):
+        try:
+            con = duckdb.connect(str(run.manifest), read_only=read_only and run.manifest.exists())
+            break
+        except duckdb.IOException:  # another process holds the write lock: wait for it
+            if attempt == 49:
+                raise
+            time.sleep(0.2)
+    con.execute(f"SET memory_limit='{memory_limit}'; SET threads={threads}")
+    if not read_only:
+        define_views(con, run.root)
+    return con
+
+
+def query(run: RunDir, sql: str) -> list[tuple]:
+    con = open_manifest(run)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

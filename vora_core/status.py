@@ -1,0 +1,15 @@
+"""`vora status`: per stage and per source, units done / pending, samples, failures by reason."""
+
+from __future__ import annotations
+
+from vora_core.catalog import Catalog
+from vora_core.stages import resolve
+
+# Stage → `module:function(catalog) -> list[dict]` (one row per source or unit group).
+SUMMARIES: dict[str, str] = {
+    "download": "vora_core.data.download:summary",
+}
+
+
+def stage_status(catalog: Catalog) -> dict[str, list[dict]]:
+    return {stage: resolve(dotted)(catalog) for stage, dotted in SUMMARIES.items()}
