@@ -127,6 +127,114 @@ class DownloadSettings(Strict):
         return self
 
 
+# ------------------------------------------------------------------------------------------ recaption
+
+# Varied requests for a detailed caption (the paper prompts its captioner with several for diversity).
+DEFAULT_CAPTION_PROMPTS = [
+    "Describe this image in detail.",
+    "Write a detailed description of everything visible in this picture.",
+    "What is shown in this image? Give a thorough description.",
+    "Provide a comprehensive caption for this image, covering the objects, their colours, the layout and the background.",
+    "Describe the scene in this photo: the main subjects, their attributes, and the setting.",
+    "Describe this image to someone who cannot see it, from the most prominent object to the small details.",
+    "Give an elaborate account of the contents of this image, including any visible text.",
+    "Summarise what this picture shows, then describe its parts and how they are arranged.",
+]
+
+
+class TinyCaptionerSettings(Strict):
+    """Sizes of the seeded random Qwen2-VL captioner that `model: tiny` builds (demo and tests)."""
+
+    hidden_size: int = Field(64, gt=0)
+    layers: int = Field(2, gt=0)
+    vision_depth: int = Field(1, gt=0)
+    vision_width: int = Field(32, gt=0)
+    vocab_size: int = Field(512, gt=0)
+
+
+class VllmCaptionSettings(Strict):
+    """In-process `vllm.LLM` (engine: vllm)."""
+
+    tensor_parallel_size: int = Field(1, gt=0)
+    max_model_len: int = Field(8192, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int | None = Field(None, gt=0, description="default: vLLM's")
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    images_per_call: int = Field(1024, gt=0, description="images handed to one `generate` call")
+
+
+class OpenAICaptionSettings(Strict):
+    """OpenAI-compatible chat-completions servers (engine: openai), e.g. `vllm serve` per GPU group."""
+
+    base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000/v1"], min_length=1)
+    served_model_name: str | None = Field(None, description="the server's model name; default: recaption.model")
+    api_key_env: str | None = Field("VORA_OPENAI_API_KEY", description="env var holding the key (optional)")
+    concurrency: int = Field(64, gt=0, description="requests in flight, over all servers")
+    timeout_s: float = Field(300, gt=0, description="per request")
+    max_retries: int = Field(6, ge=0, description="per request, on 429/5xx/timeouts/connection errors")
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles each retry, with jitter")
+    backoff_max_s: float = Field(30, ge=0)
+
+
+class CaptionQualitySettings(Strict):
+    """Thresholds of the quality flags (captions are flagged, never dropped)."""
+
+    repetition_ngram: int = Field(3, gt=0, description="word n-gram size of the repetition check")
+    repetition_ratio: float = Field(0.5, gt=0, le=1, description="flag when this share of n-grams are repeats")
+    repetition_min_words: int = Field(8, ge=1, description="shorter captions are never `repetitive`")
+
+
+class RecaptionSettings(Strict):
+    """A Qwen2-VL caption for every downloaded image (see vora_core/caption)."""
+
+    engine: Literal["hf", "openai", "vllm"] = "hf"
+    model: str = Field(
+        "tiny",
+        description="HF name or local directory; `tiny` = build the tiny captioner into <workdir>/models/captioner",
+    )
+    tiny: TinyCaptionerSettings = Field(default_factory=TinyCaptionerSettings)
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPTION_PROMPTS), min_length=1)
+    system_prompt: str = "You are a helpful assistant."
+    seed: int = 0
+    batch_size: int = Field(8, gt=0, description="images per engine call (hf: one padded batch)")
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    min_pixels: int = Field(3136, gt=0, description="images are resized to at least this many pixels")
+    max_pixels: int = Field(
+        200_704, gt=0, description="...and at most this many (448x448 = 256 image tokens); keep it capped"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
+    device: str = Field("auto", description="hf engine: auto | cpu | cuda | cuda:N")
+    batch_retries: int = Field(2, ge=0, description="a failing batch is retried this often before its shard fails")
+    unit_retries: int = Field(1, ge=0, description="Prefect retries of a failed shard")
+    parallel_units: int = Field(1, gt=0, description="shards captioned at once")
+    concurrency_limit: str | None = Field(
+        "vora-gpu", description="Prefect global concurrency limit guarding GPU slots (none: unguarded)"
+    )
+    vllm: VllmCaptionSettings = Field(default_factory=VllmCaptionSettings)
+    openai: OpenAICaptionSettings = Field(default_factory=OpenAICaptionSettings)
+    quality: CaptionQualitySettings = Field(default_factory=CaptionQualitySettings)
+
+    @model_validator(mode="after")
+    def _pixels(self) -> RecaptionSettings:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must be <= max_pixels ({self.max_pixels})")
+        if any(not p.strip() for p in self.prompts):
+            raise ValueError("prompts must not hold empty strings")
+        if self.engine == "vllm":
+            # Qwen2-VL: one image token per 28x28 pixels; prompt + image + answer must fit max_model_len.
+            need = self.max_pixels // 784 + self.max_new_tokens + 128
+            if need > self.vllm.max_model_len:
+                raise ValueError(
+                    f"max_pixels ({self.max_pixels}) allows {self.max_pixels // 784} image tokens; with "
+                    f"max_new_tokens ({self.max_new_tokens}) that exceeds vllm.max_model_len "
+                    f"({self.vllm.max_model_len}): lower max_pixels or raise vllm.max_model_len"
+                )
+        return self
+
+
 # -------------------------------------------------------------------------------------------- catalog
 
 
@@ -137,6 +245,7 @@ class Catalog(Strict):
     sources: dict[str, Source] = Field(min_length=1)
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     # -- later stages add their sections below this line (one field each, with defaults) --
+    recaption: RecaptionSettings = Field(default_factory=RecaptionSettings)
 
     @model_validator(mode="after")
     def _source_names(self) -> Catalog:

@@ -22,7 +22,9 @@ def test_dataclasses_is_the_standard_library():
 
 
 def test_pinned_versions_that_work_together():
-    assert _version("fastapi") < (0, 155)  # >= 0.155 breaks Prefect 3.8's server (Body(min_items=...))
+    # fastapi >= 0.155 breaks Prefect 3.8's server (Body(min_items=...)); >= 0.151 answers 422 to the
+    # `"limit": null` that Prefect's own client sends (workers, artifacts, ... filters).
+    assert _version("fastapi") < (0, 151)
     assert (3, 8) <= _version("prefect") < (3, 9)  # 3.9.1 is not installable from the reachable index
     assert _version("webdataset") < (0, 3)  # img2dataset pins webdataset<0.3
     assert (5, 0) <= _version("transformers") < (5, 21)  # what vLLM accepts, so one GPU env holds both
@@ -42,3 +44,4 @@ def test_prefect_server_starts_and_answers(prefect_harness):
 
     with get_client(sync_client=True) as client:
         assert client.api_healthcheck() is None  # None means healthy
+        assert client.read_artifacts() == []  # sends "limit": null — rejected by fastapi >= 0.151

@@ -361,11 +361,13 @@ def _shards_from_parquet(src, rows: pa.Table, shards_dir: Path, first_shard: int
     for file in sorted(set(rows.column("file").to_pylist())):
         present = [d[0] for d in con.execute(f"SELECT * FROM read_parquet('{file}') LIMIT 0").description]
         sel = ", ".join(sources.duckdb_ident(c) for c in cols if c in present)
-        res = con.execute(
+        cur = con.execute(
             f"SELECT file_row_number AS file_row, {sel} FROM read_parquet('{file}', file_row_number=true) "
             f"WHERE file_row_number IN (SELECT file_row FROM wanted WHERE file = ?)", [file]
-        ).fetch_arrow_table().to_pylist()
-        for r in res:
+        )
+        names = [d[0] for d in cur.description]
+        for values in cur.fetchall():
+            r = dict(zip(names, values, strict=True))
             by_file[(file, r["file_row"])] = r
     con.close()
     results = []

@@ -158,10 +158,11 @@ def datacomp_rows(src: DataCompSource, con: duckdb.DuckDBPyConnection) -> Prepar
     base_all = f"SELECT * FROM {sql} {limit}"
     keep = f"greatest(original_width, original_height) > {src.min_longer_edge}"
     total, kept = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {keep}) FROM ({base_all})").fetchone()
-    extras = ["uid", "original_width", "original_height"] + (["sha256"] if has_sha else [])
+    # img2dataset reserves original_width/height for what it measures: keep the metadata's as meta_*.
+    extras = ["uid", "meta_width", "meta_height"] + (["sha256"] if has_sha else [])
     base = (
-        f"SELECT uid AS row_id, url, text AS caption, {', '.join(duckdb_ident(c) for c in extras)} "
-        f"FROM ({base_all}) WHERE {keep}"
+        f"SELECT uid AS row_id, url, text AS caption, uid, original_width AS meta_width, "
+        f"original_height AS meta_height{', sha256' if has_sha else ''} FROM ({base_all}) WHERE {keep}"
     )
     prepared = _validate(con, base, extras)
     prepared.filtered = {f"longer edge <= {src.min_longer_edge} px": int(total - kept)}
@@ -225,7 +226,8 @@ def parquet_images_rows(src: ParquetImagesSource, con: duckdb.DuckDBPyConnection
     columns = _columns(con, sql)
     _require(columns, {"id": src.id_col, "image": src.image_col}, src.path)
     base = (
-        f"SELECT {duckdb_ident(src.id_col)} AS row_id, 'file://' || filename AS url, NULL AS caption, "
+        f"SELECT {duckdb_ident(src.id_col)} AS row_id, 'file://' || filename || '#' || file_row_number AS url, "
+        f"NULL AS caption, "
         f"filename AS file, file_row_number AS file_row FROM {sql}"
     )
     return _validate(con, base, ["file", "file_row"])
