@@ -15,13 +15,11 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,9 +34,10 @@ from vora_core.data import download  # noqa: E402
 from vora_core.workdir import run_unit_with_marker  # noqa: E402
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -97,26 +96,34 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     root = Path(tempfile.mkdtemp(prefix="vora-bench-download-"))
     try:
         paths = make_images(root / "images", args.n)
-        handler = partial(QuietHandler, directory=str(root / "images"))
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{server.server_port}"
+        # The server runs in its own process so it never competes with the stage for this one's GIL.
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                   "--directory", str(root / "images")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        time.sleep(1.0)
         print(f"{args.n} images, {args.processes} processes x {args.threads} threads, image_size {args.image_size}")
         print(f"{'transport':<10}{'raw img2dataset':>18}{'download stage':>18}{'stage/raw':>12}")
         for transport in ("file", "http"):
             urls = [p.as_uri() if transport == "file" else f"{base}/{p.name}" for p in paths]
             url_list = root / f"{transport}.parquet"
             pq.write_table(pa.table({"url": urls, "caption": [p.stem for p in paths]}), url_list)
-            raw_s = raw_img2dataset(url_list, root / f"raw-{transport}", args)
-            stage_s, ok = stage(url_list, root / f"stage-{transport}", args)
+            # Best of `repeat` alternating runs: the machine is shared and noisy.
+            raw_s = stage_s = float("inf")
+            for r in range(args.repeat):
+                raw_s = min(raw_s, raw_img2dataset(url_list, root / f"raw-{transport}-{r}", args))
+                seconds, ok = stage(url_list, root / f"stage-{transport}-{r}", args)
+                stage_s = min(stage_s, seconds)
             assert ok == args.n, f"stage stored {ok} of {args.n}"
             print(f"{transport:<10}{args.n / raw_s:>13.0f} im/s{args.n / stage_s:>13.0f} im/s{stage_s / raw_s:>12.2f}")
-        server.shutdown()
+        server.terminate()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -254,25 +254,27 @@ def _run_img2dataset(rows: pa.Table, tmp: Path, settings: DownloadSettings, extr
 def _process(data: bytes | None, settings: DownloadSettings) -> tuple[bytes | None, dict]:
     """Decode, check, resize, encode one image. Returns (bytes or None, row fields)."""
     try:
-        img = images.open_rgb(data or b"", max_pixels=settings.max_image_area,
-                              draft_size=settings.image_size if settings.resize_mode != "no" else None)
+        arr = images.decode_bgr(data or b"", max_pixels=settings.max_image_area,
+                                draft_size=settings.image_size if settings.resize_mode != "no" else None)
     except DataError as e:
         return None, {"status": "failed_to_decode", "error_message": str(e)}
-    ow, oh = img.size
+    oh, ow = arr.shape[:2]
     if min(ow, oh) < settings.min_image_size:
         return None, {"status": "failed_to_resize", "error_message": "image too small",
                       "original_width": ow, "original_height": oh}
     if settings.max_aspect_ratio and max(ow, oh) / min(ow, oh) > settings.max_aspect_ratio:
         return None, {"status": "failed_to_resize", "error_message": "aspect ratio too large",
                       "original_width": ow, "original_height": oh}
-    img = images.resize(img, settings.resize_mode, settings.image_size, settings.resize_only_if_bigger)
-    encoded = images.encode(img, settings.encode_format, settings.encode_quality)
-    return encoded, {"status": "success", "error_message": None, "width": img.width, "height": img.height,
+    arr = images.resize_bgr(arr, settings.resize_mode, settings.image_size, settings.resize_only_if_bigger)
+    encoded = images.encode_bgr(arr, settings.encode_format, settings.encode_quality)
+    h, w = arr.shape[:2]
+    return encoded, {"status": "success", "error_message": None, "width": w, "height": h,
                      "original_width": ow, "original_height": oh}
 
 
 def _write_shard(tar_path: Path, items: list[dict], settings: DownloadSettings) -> dict:
     """`items`: row dicts in key order, each with `key`, `_bytes` (or None) and row fields."""
+    # OpenCV and Pillow release the GIL while decoding, resizing and encoding: threads scale.
     with ThreadPoolExecutor(max_workers=max(1, settings.processes_count)) as pool:
         processed = list(pool.map(
             lambda it: _process(it["_bytes"], settings) if it["status"] is None else (None, {}), items))

@@ -50,9 +50,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
-    """Decode `data` to an upright RGB image. `draft_size` lets JPEG decode at a reduced scale when
-    the caller will shrink the image to about that longer side anyway (much faster for big photos)."""
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and refuse empty files, non-images and decompression bombs."""
     if not data:
         raise DataError("empty file (zero bytes)")
     try:
@@ -66,6 +65,14 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int 
         raise DataError(f"invalid image size {width}x{height}")
     if width * height > max_pixels:
         raise DataError(f"decompression bomb: {width}x{height} = {width * height} pixels > limit {max_pixels}")
+    return img
+
+
+def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Decode `data` to an upright RGB image. `draft_size` lets JPEG decode at a reduced scale when
+    the caller will shrink the image to about that longer side anyway (much faster for big photos)."""
+    img = _open_checked(data, max_pixels)
+    width, height = img.size
     try:
         if draft_size and img.format == "JPEG" and max(width, height) > 2 * draft_size:
             scale = draft_size / max(width, height)
@@ -75,56 +82,71 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int 
             img.load()
             img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
-    except DataError:
-        raise
     except Exception as e:  # noqa: BLE001 - truncated data, corrupt streams, ...
         raise DataError(f"corrupt or truncated image: {e}") from None
 
 
-def resize_longest(img: Image.Image, size: int, only_if_bigger: bool = True) -> Image.Image:
-    """keep_ratio_largest: the longer side becomes `size` (never below 1 px on the shorter side)."""
-    w, h = img.size
-    longest = max(w, h)
-    if longest == size or (only_if_bigger and longest <= size):
-        return img
-    scale = size / longest
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0 if scale < 1 else None)
+# ------------------------------------------------------------------ fast path for the download stage
+# OpenCV decodes, resizes and encodes JPEGs about 2.5x faster than Pillow. It is used only where it is
+# known to be right: complete JPEGs (ending in the EOI marker; IMREAD_COLOR applies EXIF orientation
+# and converts CMYK/grey). Everything else goes through `open_rgb`.
 
 
-def encode(img: Image.Image, fmt: str = "jpg", quality: int = 95) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "jpg":
-        img.save(buf, "JPEG", quality=quality)
-    elif fmt == "png":
-        img.save(buf, "PNG")
-    elif fmt == "webp":
-        img.save(buf, "WEBP", quality=quality)
-    else:
-        raise DataError(f"unknown encode format {fmt!r}; use jpg, png or webp")
-    return buf.getvalue()
+def decode_bgr(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> np.ndarray:
+    """Upright 8-bit BGR array (OpenCV layout)."""
+    import cv2
+
+    fmt = _open_checked(data, max_pixels).format
+    if fmt == "JPEG" and data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if arr is not None:
+            return arr
+    rgb = np.asarray(open_rgb(data, max_pixels, draft_size))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
-def resize(img: Image.Image, mode: str, size: int, only_if_bigger: bool = True) -> Image.Image:
-    """img2dataset's resize modes, applied to an upright RGB image."""
+def resize_bgr(arr: np.ndarray, mode: str, size: int, only_if_bigger: bool = True) -> np.ndarray:
+    """img2dataset's resize modes on a BGR array (area filter down, Lanczos up, as img2dataset)."""
+    import cv2
+
+    def scaled(a: np.ndarray, scale: float) -> np.ndarray:
+        h, w = a.shape[:2]
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if new == (w, h):
+            return a
+        return cv2.resize(a, new, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LANCZOS4)
+
     if mode == "no":
-        return img
-    if mode == "keep_ratio_largest":
-        return resize_longest(img, size, only_if_bigger)
-    if mode == "border":
-        img = resize_longest(img, size, only_if_bigger)
-        canvas = Image.new("RGB", (max(size, img.width), max(size, img.height)), (255, 255, 255))
-        canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
-        return canvas
+        return arr
+    h, w = arr.shape[:2]
+    if mode in ("keep_ratio_largest", "border"):
+        if not (only_if_bigger and max(h, w) <= size):
+            arr = scaled(arr, size / max(h, w))
+        if mode == "border":
+            h, w = arr.shape[:2]
+            top, left = (max(size, h) - h) // 2, (max(size, w) - w) // 2
+            arr = cv2.copyMakeBorder(arr, top, max(size, h) - h - top, left, max(size, w) - w - left,
+                                     cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        return arr
     if mode in ("keep_ratio", "center_crop"):
-        w, h = img.size
-        shortest = min(w, h)
-        if not (only_if_bigger and shortest <= size) and shortest != size:
-            scale = size / shortest
-            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+        if not (only_if_bigger and min(h, w) <= size):
+            arr = scaled(arr, size / min(h, w))
         if mode == "center_crop":
-            w, h = img.size
-            left, top = max(0, (w - size) // 2), max(0, (h - size) // 2)
-            img = img.crop((left, top, left + min(size, w), top + min(size, h)))
-        return img
+            h, w = arr.shape[:2]
+            top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+            arr = arr[top:top + size, left:left + size]
+        return arr
     raise DataError(f"unknown resize mode {mode!r}")
+
+
+def encode_bgr(arr: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
+    import cv2
+
+    params = {"jpg": [cv2.IMWRITE_JPEG_QUALITY, quality], "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
+              "png": []}.get(fmt)
+    if params is None:
+        raise DataError(f"unknown encode format {fmt!r}; use jpg, png or webp")
+    ok, buf = cv2.imencode(f".{fmt}", arr, params)
+    if not ok:
+        raise DataError(f"could not encode the image as {fmt}")
+    return buf.tobytes()
