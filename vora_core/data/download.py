@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -169,10 +171,14 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
             results = _shards_from_parquet(src, rows, shards_dir, first_shard, settings)
         else:
             extras = json.loads((catalog.run.sources(name) / "prepared.json").read_text())["extras"]
-            raw = _run_img2dataset(rows, tmp, settings, extras, verify=getattr(src, "verify_sha256", False))
-            results = _finalize_raw(raw, shards_dir, first_shard, settings, extras)
+            results = []
+            _run_img2dataset(
+                rows, tmp, settings, extras, verify=getattr(src, "verify_sha256", False),
+                on_shard=lambda raw: results.append(_finalize_raw(raw, shards_dir, first_shard, settings, extras)),
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    results.sort(key=lambda r: r["shard"])
     seconds = time.perf_counter() - started
     statuses: Counter = Counter()
     reasons: Counter = Counter()
@@ -204,8 +210,10 @@ def _clean_stale(shards_dir: Path, index: int) -> None:
 
 
 def _run_img2dataset(rows: pa.Table, tmp: Path, settings: DownloadSettings, extras: list[str],
-                     verify: bool) -> Path:
-    """Fetch the partition's original bytes with img2dataset in a child process group."""
+                     verify: bool, on_shard: Callable[[Path], None]) -> None:
+    """Fetch the partition's original bytes with img2dataset in a child process group, calling
+    `on_shard(raw_parquet)` for each raw shard as soon as img2dataset has finished it — so decoding
+    here overlaps with downloading there."""
     url_list = tmp / "urls.parquet"
     pq.write_table(rows, url_list)
     out = tmp / "raw"
@@ -231,24 +239,35 @@ def _run_img2dataset(rows: pa.Table, tmp: Path, settings: DownloadSettings, extr
             env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
         )
         (tmp / "child.pgid").write_text(str(child.pid))
+        deadline = time.monotonic() + settings.unit_timeout_s
+        seen: set[str] = set()
         try:
-            rc = child.wait(timeout=settings.unit_timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            raise StageError(
-                f"img2dataset did not finish within download.unit_timeout_s={settings.unit_timeout_s:g}s "
-                f"(a server that never ends its response?); raise the limit or check the urls"
-            ) from None
+            while True:
+                rc = child.poll()
+                # img2dataset writes NNNNN_stats.json after closing that shard's tar and parquet.
+                for stats in sorted(out.glob("*_stats.json")):
+                    shard_id = stats.name.split("_")[0]
+                    if shard_id not in seen:
+                        seen.add(shard_id)
+                        on_shard(out / f"{shard_id}.parquet")
+                if rc is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise StageError(
+                        f"img2dataset did not finish within download.unit_timeout_s="
+                        f"{settings.unit_timeout_s:g}s (a server that never ends its response?); "
+                        f"raise the limit or check the urls"
+                    )
+                time.sleep(0.1)
         finally:
             try:  # its pool workers share the group: never leave one behind
                 os.killpg(child.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            child.wait()
     if rc != 0:
         tail = log_path.read_text()[-2000:]
         raise StageError(f"img2dataset exited with code {rc}:\n{tail}")
-    return out
 
 
 def _process(data: bytes | None, settings: DownloadSettings) -> tuple[bytes | None, dict]:
@@ -316,32 +335,28 @@ def _key(shard: int, row: int, settings: DownloadSettings) -> str:
     return f"{shard:05d}{row:0{width}d}"
 
 
-def _finalize_raw(raw: Path, shards_dir: Path, first_shard: int, settings: DownloadSettings,
-                  extras: list[str]) -> list[dict]:
-    results = []
-    oom = len(str(settings.number_sample_per_shard - 1)) if settings.number_sample_per_shard > 1 else 1
-    for raw_parquet in sorted(raw.glob("[0-9]*.parquet")):
-        raw_tar = raw_parquet.with_suffix(".tar")
-        shard = first_shard + int(raw_parquet.stem)
-        table = pq.read_table(raw_parquet).to_pylist()
-        write_index(raw_tar)
-        reader = ShardReader(raw_tar)
-        items = []
+def _finalize_raw(raw_parquet: Path, shards_dir: Path, first_shard: int, settings: DownloadSettings,
+                  extras: list[str]) -> dict:
+    """Turn one raw img2dataset shard (original bytes) into the final shard `first_shard + its id`."""
+    # img2dataset's key is 10**ceil(log10(samples per shard)) * shard id + row within the shard.
+    oom = math.ceil(math.log10(settings.number_sample_per_shard))
+    raw_tar = raw_parquet.with_suffix(".tar")
+    shard = first_shard + int(raw_parquet.stem)
+    table = pq.read_table(raw_parquet).to_pylist()
+    write_index(raw_tar)
+    items = []
+    with ShardReader(raw_tar) as reader:
         for r in sorted(table, key=lambda r: int(r["key"])):
-            row_in_shard = int(r["key"]) % (10 ** oom)
             ok = r["status"] == "success"
-            item = {
-                "key": _key(shard, row_in_shard, settings), "row_id": r.get("row_id"), "url": r.get("url"),
-                "caption": r.get("caption"), "status": None if ok else r["status"],
+            items.append({
+                "key": _key(shard, int(r["key"]) % (10 ** oom), settings), "row_id": r.get("row_id"),
+                "url": r.get("url"), "caption": r.get("caption"), "status": None if ok else r["status"],
                 "error_message": None if ok else r.get("error_message"),
                 "width": None, "height": None, "original_width": None, "original_height": None,
                 "sha256": r.get("sha256"), **{c: r.get(c) for c in extras if c != "sha256"},
                 "_bytes": reader.image_bytes(r["key"]) if ok else None,
-            }
-            items.append(item)
-        reader.close()
-        results.append(_write_shard(shards_dir / f"{shard:05d}.tar", items, settings))
-    return results
+            })
+    return _write_shard(shards_dir / f"{shard:05d}.tar", items, settings)
 
 
 def _image_bytes(value) -> bytes | None:
