@@ -5,6 +5,7 @@ import os
 # img2dataset imports albumentations, which otherwise phones home for updates on import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import vora_core.model.auto  # noqa: F401  registers model_type "vora" with transformers' Auto classes
 from vora_core.errors import CatalogError, DataError, ModelError, StageError, VoraError
 
 __all__ = ["CatalogError", "DataError", "ModelError", "StageError", "VoraError"]

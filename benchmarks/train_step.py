@@ -1,0 +1,153 @@
+"""Pretraining step throughput of VoRA (LoRA + block-wise distillation) on a packed, mixed batch.
+
+Builds a random model from configs (no downloads), packs caption samples (one image + 32–480 text
+tokens) and text-only samples into rows of --row-tokens tokens (no padding), and times forward +
+backward. Also reports the share of the step spent building attention masks and splicing vision
+embeddings (target: < 3 % at a 4k-token batch).
+
+    .venv/bin/python benchmarks/train_step.py                      # DESIGN's reference-sized config
+    .venv/bin/python benchmarks/train_step.py --hidden 128 --layers 4 --steps 2   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections import defaultdict
+
+import torch
+from transformers import Aimv2VisionConfig, Qwen2Config
+
+from vora_core.model import masks, modeling
+from vora_core.model.config import VoRAConfig
+from vora_core.model.lora import configure_trainable
+from vora_core.model.modeling import VoRAForCausalLM
+
+IMAGE_TOKEN = 3
+TIMED = defaultdict(float)
+
+
+def timed(module, name: str, bucket: str) -> None:
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            TIMED[bucket] += time.perf_counter() - start
+
+    setattr(module, name, wrapper)
+
+
+def build_batch(args, rng: random.Random, tokens_per_image: int):
+    """Rows of exactly --row-tokens packed tokens: ~--image-share caption samples, the rest text."""
+    rows_ids, rows_docs, rows_labels, images = [], [], [], []
+    for _ in range(args.batch):
+        ids, docs, labels, doc = [], [], [], 0
+        while len(ids) < args.row_tokens:
+            text = [rng.randrange(10, args.vocab) for _ in range(rng.randint(32, 480))]
+            if rng.random() < args.image_share:
+                sample = [text[0]] + [IMAGE_TOKEN] * tokens_per_image + text[1:]
+                label = [-100] * (1 + tokens_per_image) + text[1:]
+                image = torch.randn(3, args.image_size, args.image_size)
+            else:
+                sample, label, image = text, [-100] + text[1:], None
+            room = args.row_tokens - len(ids)
+            if len(sample) > room:
+                if image is not None:  # never cut an image: fill the rest with text
+                    sample = text[:room]
+                    label, image = [-100] + sample[1:], None
+                sample, label = sample[:room], label[:room]
+            ids += sample
+            labels += label
+            docs += [doc] * len(sample)
+            if image is not None:
+                images.append(image)
+            doc += 1
+        rows_ids.append(ids)
+        rows_docs.append(docs)
+        rows_labels.append(labels)
+    return torch.tensor(rows_ids), torch.tensor(rows_docs), torch.tensor(rows_labels), images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--teacher-hidden", type=int, default=512)
+    parser.add_argument("--teacher-layers", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--patch-size", type=int, default=14)
+    parser.add_argument("--lora-rank", type=int, default=256)
+    parser.add_argument("--distill", default="blockwise", choices=["blockwise", "last", "none"])
+    parser.add_argument("--batch", type=int, default=1, help="packed rows per step")
+    parser.add_argument("--row-tokens", type=int, default=4096)
+    parser.add_argument("--image-share", type=float, default=0.7, help="fraction of samples with an image")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flex_attention"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    text = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
+                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                       num_key_value_heads=max(1, args.heads // 2), tie_word_embeddings=False)
+    teacher = Aimv2VisionConfig(hidden_size=args.teacher_hidden, intermediate_size=args.teacher_hidden * 11 // 4,
+                                num_hidden_layers=args.teacher_layers, num_attention_heads=max(1, args.teacher_hidden // 64),
+                                image_size=args.image_size, patch_size=args.patch_size, use_head=False)
+    config = VoRAConfig(text_config=text, teacher_config=teacher, lora_rank=args.lora_rank, distill=args.distill,
+                        image_size=args.image_size, patch_size=args.patch_size, image_token_id=IMAGE_TOKEN,
+                        attn_implementation=args.attn)
+    model = VoRAForCausalLM(config).to(args.device)
+    counts = configure_trainable(model, "pretrain")
+    model.train()
+
+    for name in ("build_attention_mask", "visibility_limit", "image_ids_from_input_ids", "padding_doc_ids",
+                 "positions_from_doc_ids", "check_image_token_count"):
+        timed(masks, name, "masks")
+    timed(modeling, "splice_vision", "splice")
+
+    rng = random.Random(args.seed)
+    tokens_per_image = config.num_image_tokens(args.image_size, args.image_size)
+    step_times, prep, n_images = [], [], 0
+    for step in range(args.steps + 1):  # step 0 warms up allocators and kernels
+        ids, docs, labels, images = build_batch(args, rng, tokens_per_image)
+        ids, docs, labels = ids.to(args.device), docs.to(args.device), labels.to(args.device)
+        images = [img.to(args.device) for img in images]
+        TIMED.clear()
+        start = time.perf_counter()
+        out = model(input_ids=ids, pixel_values=images or None, doc_ids=docs, labels=labels)
+        out.loss.backward()
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        if step == 0:
+            continue
+        step_times.append(elapsed)
+        prep.append(TIMED["masks"] + TIMED["splice"])
+        n_images += len(images)
+        print(f"step {step}: {elapsed:.2f} s, loss {out.loss.item():.3f} (lm {out.lm_loss.item():.3f}, "
+              f"distill {0.0 if out.distill_loss is None else out.distill_loss.item():.3f}), masks {TIMED['masks'] * 1e3:.1f} ms, "
+              f"splice {TIMED['splice'] * 1e3:.1f} ms, {len(images)} images")
+    tokens = args.batch * args.row_tokens
+    mean = sum(step_times) / len(step_times)
+    print(f"config: LLM {args.hidden}x{args.layers} (vocab {args.vocab}), teacher {args.teacher_hidden}x"
+          f"{args.teacher_layers} at {args.image_size}px/{args.patch_size} ({tokens_per_image} tokens/image), "
+          f"LoRA r={args.lora_rank}, distill={args.distill}, attn={args.attn}, device={args.device}, "
+          f"threads={torch.get_num_threads()}")
+    print(f"trainable {counts['trainable'] / 1e6:.2f} M, frozen {counts['frozen'] / 1e6:.2f} M parameters")
+    print(f"batch: {args.batch} x {args.row_tokens} packed tokens (0 padding), {n_images / len(step_times):.1f} "
+          f"images/step")
+    print(f"forward+backward: {mean:.2f} s/step, {tokens / mean:.0f} tokens/s")
+    print(f"mask building + splicing: {sum(prep) / len(prep) * 1e3:.1f} ms/step = "
+          f"{100 * sum(prep) / sum(step_times):.2f} % of the step (target < 3 %)")
+
+
+if __name__ == "__main__":
+    main()
