@@ -7,12 +7,14 @@ from collections.abc import Callable
 from prefect import flow, get_run_logger
 
 from flows.download import download_flow
+from flows.recaption import recaption_flow
 from vora_core.catalog import load_catalog
 from vora_core.stages import check_stage, select_stages
 
 # Stage name → its flow, in pipeline order. Later stages register here as they are built.
 STAGE_FLOWS: dict[str, Callable[..., object]] = {
     "download": download_flow,
+    "recaption": recaption_flow,
 }
 
 

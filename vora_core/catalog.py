@@ -207,6 +207,9 @@ class RecaptionSettings(Strict):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
     device: str = Field("auto", description="hf engine: auto | cpu | cuda | cuda:N")
+    cpu_threads: int | None = Field(
+        None, gt=0, description="hf engine: torch threads while captioning (null: torch's default; 1 suits tiny models)"
+    )
     batch_retries: int = Field(2, ge=0, description="a failing batch is retried this often before its shard fails")
     unit_retries: int = Field(1, ge=0, description="Prefect retries of a failed shard")
     parallel_units: int = Field(1, gt=0, description="shards captioned at once")
@@ -235,6 +238,55 @@ class RecaptionSettings(Strict):
         return self
 
 
+# ---------------------------------------------------------------------------------------------- merge
+
+
+class MergeSettings(Strict):
+    """Merge the pretrained LoRA into the LLM (fp32 math) and check the result with a probe batch."""
+
+    source: str | None = Field(None, description="pretrained VoRA directory; default: <workdir>/pretrain/final")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="storage dtype of the merged weights")
+    tolerance: float = Field(1e-5, gt=0, description="float32 storage: allowed max |logit difference|, merged vs unmerged")
+    low_precision_factor: float = Field(
+        4.0, gt=0,
+        description="bf16/fp16 storage: allowed difference = factor x the difference that rounding the unmerged "
+                    "weights to that dtype already causes on the probe, + tolerance",
+    )
+    probe_images: int = Field(2, ge=0, description="images in the probe batch (one row each, plus a text-only row)")
+    probe_text: str = "Describe the image in one sentence."
+    probe_seed: int = 0
+    device: str = Field("auto", description="where the probe runs: auto | cpu | cuda | cuda:N")
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+class BenchmarkSettings(Strict):
+    """A benchmark in one of the public layouts documented in docs/benchmarks.md (local files only)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    format: Literal["pope", "mme", "mmbench", "scienceqa", "seedbench", "ai2d", "textvqa", "vqav2", "jsonl"] = Field(
+        description="the files' layout (docs/benchmarks.md)"
+    )
+    path: str = Field(description="the benchmark's file or directory")
+    image_dir: str | None = Field(None, description="where its images are; default: the layout's usual place")
+    split: str | None = Field(None, description="pope: category; mme: subtask; scienceqa: split (test); ai2d: test")
+    limit: int | None = Field(None, gt=0, description="first N questions only (smoke runs)")
+    circular: bool | None = Field(None, description="mmbench: CircularEval over option rotations (default on)")
+
+
+class EvaluateSettings(Strict):
+    """Benchmarks under the LLaVA-1.5 protocol: greedy decoding, batched (see vora_core/eval)."""
+
+    model: str = Field("finetune", description="finetune | merged | pretrain (that stage's output) or a directory")
+    benchmarks: list[BenchmarkSettings] = Field(default_factory=list)
+    heldout: bool = Field(True, description="add the held-out benchmarks of every synthetic_shapes source")
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+
 # -------------------------------------------------------------------------------------------- catalog
 
 
@@ -246,6 +298,8 @@ class Catalog(Strict):
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     # -- later stages add their sections below this line (one field each, with defaults) --
     recaption: RecaptionSettings = Field(default_factory=RecaptionSettings)
+    merge: MergeSettings = Field(default_factory=MergeSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
 
     @model_validator(mode="after")
     def _source_names(self) -> Catalog:

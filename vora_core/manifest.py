@@ -9,6 +9,7 @@ with `register_view`. One process at a time writes the file (DuckDB's own lock; 
 from __future__ import annotations
 
 import glob
+import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ class View:
 
 
 VIEWS: dict[str, View] = {}
+# Modules that register the views of later stages; imported when the manifest is opened so that every
+# process (the CLI's `vora status`, the mix stage, ...) sees every view.
+VIEW_MODULES = ("vora_core.caption.views",)
 
 
 def register_view(view: View) -> View:
@@ -105,6 +109,8 @@ def _source_sql(root: Path, pattern: str) -> str | None:
 def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     """(Re)create every registered view over what is on disk now (base views first)."""
     root = root.resolve()
+    for module in VIEW_MODULES:
+        importlib.import_module(module)
     for view in sorted(VIEWS.values(), key=lambda v: v.pattern is None):
         if view.pattern is None:
             sql = view.select

@@ -8,6 +8,7 @@ from vora_core.stages import resolve
 # Stage → `module:function(catalog) -> list[dict]` (one row per source or unit group).
 SUMMARIES: dict[str, str] = {
     "download": "vora_core.data.download:summary",
+    "recaption": "vora_core.caption.recaption:summary",
 }
 
 

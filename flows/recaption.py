@@ -1,0 +1,62 @@
+"""recaption stage: a caption for every downloaded image, one task per shard (vora_core.caption)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
+
+from flows.common import artifact_key, map_units, publish_table
+from vora_core.caption import recaption
+from vora_core.catalog import Catalog, load_catalog
+from vora_core.manifest import open_manifest
+from vora_core.workdir import Unit
+
+
+@contextlib.contextmanager
+def gpu_slot(name: str | None) -> Iterator[None]:
+    """One slot of the Prefect global concurrency limit `name` (a limit not created yet is skipped
+    with a warning: `prefect gcl create <name> --limit <GPUs or servers>`)."""
+    if not name:
+        yield
+        return
+    with concurrency(name, occupy=1, strict=False):
+        yield
+
+
+def run_unit(catalog: Catalog, unit: Unit) -> dict:
+    """The runner each task resolves: caption one shard under a GPU slot, then report progress."""
+    with gpu_slot(catalog.recaption.concurrency_limit):
+        stats = recaption.run_unit(catalog, unit)
+    if artifact := unit.params.get("progress_artifact"):
+        done, total = recaption.progress(catalog, finished=unit.id)
+        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+    return stats
+
+
+@flow(name="recaption", log_prints=True)
+def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
+    catalog = load_catalog(catalog_path)
+    catalog.write_lock()
+    settings = catalog.recaption
+    units = recaption.plan(catalog)
+    if units:
+        recaption.resolve_model(catalog)  # build the tiny captioner once, before tasks run in parallel
+    done, total = recaption.progress(catalog)
+    progress = create_progress_artifact(
+        100.0 * done / max(total, 1), key=artifact_key(catalog.name, "recaption", "images"),
+        description=f"recaption: images captioned of {total}",
+    )
+    units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
+    results = map_units(
+        catalog, catalog_path, "recaption", units, "flows.recaption:run_unit",
+        force=force, retries=settings.unit_retries, parallel=settings.parallel_units,
+    )
+    open_manifest(catalog.run).close()  # rebuild the views (captions) over what is on disk now
+    rows = recaption.summary(catalog)
+    publish_table(catalog, "recaption", rows, "recaption: images, captions, flags, images/s, tokens/s")
+    return results

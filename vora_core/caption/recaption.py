@@ -1,0 +1,265 @@
+"""The recaption stage: a caption for every downloaded image, one unit per shard.
+
+Unit `<source>/<shard>` reads the shard's images through its tar index, gives each a prompt chosen
+from the catalog's list by (seed, sample_id), captions them in batches with the configured engine and
+writes `captions/<source>/<shard>.parquet` atomically; its completion marker follows
+(`run_unit_with_marker`). Every image gets exactly one row: a caption, or the reason it has none
+(`flags`, `error`). Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vora_core.caption import quality
+from vora_core.caption.engines import CaptionRequest, CaptionResult, get_engine
+from vora_core.caption.models import model_identity, resolve_model
+from vora_core.caption.prompts import choose_prompt
+from vora_core.catalog import Catalog, RecaptionSettings
+from vora_core.data.images import open_rgb
+from vora_core.data.shards import ShardReader, index_path
+from vora_core.errors import DataError, StageError, VoraError
+from vora_core.workdir import Unit, atomic_path, fingerprint, read_marker, run_unit_with_marker
+
+log = logging.getLogger(__name__)
+
+STAGE = "recaption"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("key", pa.string()), ("caption", pa.string()), ("prompt", pa.string()),
+    ("model", pa.string()), ("engine", pa.string()), ("n_tokens", pa.int32()), ("seconds", pa.float32()),
+    ("finish_reason", pa.string()), ("flags", pa.list_(pa.string())), ("error", pa.string()),
+])
+# Settings that change the captions or their flags (throughput knobs — batch size, concurrency,
+# servers, retries, tensor parallelism — do not, so editing them redoes nothing).
+OUTPUT_SETTINGS = (
+    "engine", "model", "tiny", "prompts", "system_prompt", "seed", "max_new_tokens", "temperature", "top_p",
+    "min_pixels", "max_pixels", "dtype", "quality",
+)
+
+
+def settings_fingerprint(catalog: Catalog) -> str:
+    s = catalog.recaption
+    dumped = s.model_dump(mode="json")
+    parts = {k: dumped[k] for k in OUTPUT_SETTINGS}
+    if s.engine == "openai":
+        parts["served_model_name"] = s.openai.served_model_name
+    return fingerprint(parts, model_identity(catalog))
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _shard_content(tar: Path) -> list:
+    """The shard's identity: a hash of its row table (keys, statuses, per-image sha256) + the tar size.
+    Memoised per (path, size, mtime) so status calls stay cheap."""
+    rows = tar.with_suffix(".parquet")
+    st = rows.stat()
+    memo = (str(rows), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(rows, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo] = h.hexdigest()
+    return [_DIGESTS[memo], tar.stat().st_size]
+
+
+def shard_tars(catalog: Catalog, source: str) -> list[Path]:
+    """Complete shards of a source: the row table is moved into place last, so its presence says so."""
+    d = catalog.run.shards(source)
+    return sorted(p.with_suffix(".tar") for p in d.glob("[0-9]*.parquet")
+                  if p.stem.isdigit() and p.with_suffix(".tar").exists())
+
+
+def plan(catalog: Catalog) -> list[Unit]:
+    """One unit per complete shard of every source (deterministic, cheap, no side effects)."""
+    settings_fp = settings_fingerprint(catalog)
+    units = []
+    for source in catalog.sources:
+        for tar in shard_tars(catalog, source):
+            fp = fingerprint(settings_fp, _shard_content(tar))
+            out = catalog.run.captions(source) / f"{tar.stem}.parquet"
+            units.append(Unit(stage=STAGE, id=f"{source}/{tar.stem}", output=str(out), fingerprint=fp,
+                              params={"source": source, "shard": tar.stem, "tar": str(tar)}))
+    return units
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def _read_images(reader: ShardReader, source: str, settings: RecaptionSettings):
+    """(key, sample_id, prompt, request or None, error) per sample in key order."""
+    for key in sorted(reader.keys()):
+        sample_id = f"{source}/{key}"
+        prompt = choose_prompt(settings.prompts, settings.seed, sample_id)
+        ext = next((e for e in IMAGE_EXTS if e in reader.exts(key)), None)
+        if ext is None:
+            yield key, sample_id, prompt, None, f"no image file in the sample (has: {', '.join(reader.exts(key))})"
+            continue
+        try:
+            data = reader.read(key, ext)
+            image = open_rgb(data)
+        except DataError as e:
+            yield key, sample_id, prompt, None, str(e)
+            continue
+        yield key, sample_id, prompt, CaptionRequest(sample_id, image, data, ext, prompt), None
+
+
+def _caption_batch(engine, batch: list[CaptionRequest], settings: RecaptionSettings, where: str) -> list[CaptionResult]:
+    """A failing batch is retried (with backoff); a configuration error is not."""
+    for attempt in range(settings.batch_retries + 1):
+        try:
+            results = engine.caption(batch)
+            if len(results) != len(batch):
+                raise StageError(f"{where}: engine returned {len(results)} results for {len(batch)} images")
+            return results
+        except VoraError:
+            raise
+        except Exception as e:  # noqa: BLE001 - retried, then reported with the unit
+            if attempt == settings.batch_retries:
+                raise StageError(
+                    f"{where}: a batch of {len(batch)} image{'s' * (len(batch) != 1)} failed {attempt + 1} times: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            log.warning("%s: batch failed (%s: %s); retry %d", where, type(e).__name__, e, attempt + 1)
+            time.sleep(min(30.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def run_unit(catalog: Catalog, unit: Unit) -> dict:
+    """Caption one shard; write `captions/<source>/<shard>.parquet` atomically; return its stats."""
+    settings = catalog.recaption
+    source = unit.params["source"]
+    tar = Path(unit.params["tar"])
+    if not index_path(tar).exists():
+        raise StageError(f"recaption {unit.id}: {index_path(tar)} is missing; rerun the download stage")
+    _remove_stale_temporaries(Path(unit.output))
+    model = resolve_model(catalog)
+    engine = get_engine(settings, model, model_identity(catalog))
+    model_name = engine.model if settings.engine == "openai" else settings.model  # served name / `tiny` / path
+    started = time.perf_counter()
+    rows: list[dict] = []
+    pending: list[tuple[dict, CaptionRequest]] = []
+    generated = 0
+
+    def flush() -> None:
+        nonlocal generated
+        if not pending:
+            return
+        batch = [req for _, req in pending]
+        results = _caption_batch(engine, batch, settings, f"recaption {unit.id}")
+        for (row, _), res in zip(pending, results, strict=True):
+            if res.finish_reason == "error":
+                row.update(caption=None, n_tokens=0, seconds=res.seconds, finish_reason="error",
+                           flags=[quality.REQUEST_REJECTED], error=res.error)
+                continue
+            text, flags = quality.assess(res.text, res.finish_reason, settings.quality)
+            row.update(caption=text, n_tokens=res.n_tokens, seconds=res.seconds, finish_reason=res.finish_reason,
+                       flags=flags, error=None)
+            generated += res.n_tokens
+        pending.clear()
+
+    with ShardReader(tar) as reader:
+        for key, sample_id, prompt, request, error in _read_images(reader, source, settings):
+            row = {"sample_id": sample_id, "key": key, "prompt": prompt, "model": model_name,
+                   "engine": settings.engine}
+            rows.append(row)
+            if request is None:
+                row.update(caption=None, n_tokens=0, seconds=0.0, finish_reason="error",
+                           flags=[quality.UNDECODABLE_IMAGE], error=error)
+                continue
+            pending.append((row, request))
+            if len(pending) >= engine.batch_size:
+                flush()
+        flush()
+
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    with atomic_path(unit.output) as tmp:
+        pq.write_table(table, tmp)
+    seconds = time.perf_counter() - started
+    flags = Counter(f for r in rows for f in r["flags"])
+    captioned = sum(1 for r in rows if r["caption"])
+    stats = {
+        "source": source, "shard": unit.params["shard"], "images": len(rows), "captions": captioned,
+        "flags": dict(sorted(flags.items())), "tokens": generated, "seconds": round(seconds, 3),
+        "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
+        "tokens_per_s": round(generated / seconds, 2) if seconds > 0 else None,
+        "engine": settings.engine, "model": model_name,
+    }
+    log.info("recaption %s: %d images, %d captions, flags %s", unit.id, len(rows), captioned, stats["flags"])
+    return stats
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """Temporary files a killed earlier attempt of this unit left beside its output."""
+    for old in output.parent.glob(f".{output.name}*.tmp-*"):  # the output and its marker
+        old.unlink(missing_ok=True)
+
+
+def run_stage(catalog: Catalog, force: bool = False) -> list[dict]:
+    """The stage without Prefect: every unit in order under its marker (what a flow task does)."""
+    return [run_unit_with_marker(u, lambda unit: run_unit(catalog, unit), force=force) for u in plan(catalog)]
+
+
+# -------------------------------------------------------------------------------------------- status
+
+
+def summary(catalog: Catalog) -> list[dict]:
+    """Per source: shards done / pending, images, captions, flags, throughput (from the markers)."""
+    units = plan(catalog)
+    rows = []
+    for source in catalog.sources:
+        mine = [u for u in units if u.params["source"] == source]
+        stats = [m["stats"] for u in mine if u.done and (m := read_marker(u.output))]
+        flags: Counter = Counter()
+        for s in stats:
+            flags.update(s.get("flags", {}))
+        seconds = sum(s.get("seconds") or 0 for s in stats)
+        images = sum(s.get("images", 0) for s in stats)
+        tokens = sum(s.get("tokens", 0) for s in stats)
+        rows.append({
+            "source": source, "shards_done": len(stats), "shards_pending": len(mine) - len(stats),
+            "images": images, "captions": sum(s.get("captions", 0) for s in stats),
+            "flags": dict(sorted(flags.items())),
+            "images_per_s": round(images / seconds, 2) if seconds else None,
+            "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        })
+    return rows
+
+
+def progress(catalog: Catalog, finished: str | None = None) -> tuple[int, int]:
+    """(images captioned, images in complete shards) over all sources; `finished` names a unit to
+    count as done although its marker is not written yet (a task reporting its own completion)."""
+    done = total = 0
+    for unit in plan(catalog):
+        n = shard_images(Path(unit.params["tar"]))
+        total += n
+        if unit.id == finished or unit.done:
+            done += n
+    return done, total
+
+
+def shard_images(tar: Path) -> int:
+    """Images in a shard: the download's `<shard>_stats.json` count, else the tar index's keys."""
+    try:
+        stats = json.loads(tar.with_name(tar.stem + "_stats.json").read_text())
+        if isinstance(stats.get("successes"), int):
+            return stats["successes"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    keys = pq.read_table(index_path(tar), columns=["key"]).column("key")
+    return len(set(keys.to_pylist()))
+
+
+__all__ = ["SCHEMA", "plan", "progress", "resolve_model", "run_stage", "run_unit", "shard_images", "summary"]
