@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/vora run $(CATALOG)
+	$(BIN)/vora status $(CATALOG)
+	@echo "Results are in the catalog's workdir (runs/demo for the demo): shards/, captions/, manifest.duckdb."
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -29,6 +29,7 @@ def prefect_env(catalog: Catalog) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_HOME", str(Path(catalog.workdir).resolve() / ".prefect"))
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
 
 
 def _load(catalog_path: str) -> Catalog:
@@ -45,13 +46,17 @@ def status(catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")]) -> N
     catalog = load_catalog(catalog_path)
     console.print(f"[bold]{catalog.name}[/bold]  run directory: {catalog.workdir}")
     for stage, rows in stage_status(catalog).items():
+        if not rows:
+            console.print(f"{stage}: nothing planned yet")
+            continue
+        # One column per source, one row per figure: readable in 80 columns.
         table = Table(title=stage, title_justify="left")
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        for col in columns:
-            table.add_column(col)
+        table.add_column("")
         for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-        console.print(table if rows else f"{stage}: nothing planned yet")
+            table.add_column(str(row.get("source", "")))
+        for field in dict.fromkeys(k for row in rows for k in row if k != "source"):
+            table.add_row(field, *(_cell(row.get(field)) for row in rows))
+        console.print(table)
 
 
 def _cell(value: object) -> str:
