@@ -12,13 +12,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 setup: $(VENV)/.installed
 
+# img2dataset drags in the Python 3.6 `dataclasses` backport, which shadows the standard library and
+# kills Prefect's server at start: it is removed after install (tests/core/test_install.py checks).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e '.[dev]'
-	# img2dataset drags in the Python 3.6 `dataclasses` backport, which shadows the standard
-	# library and kills Prefect's server at start: remove it (tests/test_install.py checks).
 	$(BIN)/pip uninstall -q -y dataclasses || true
 	touch $@
 

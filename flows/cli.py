@@ -52,9 +52,10 @@ def status(catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")]) -> N
         # One column per source, one row per figure: readable in 80 columns.
         table = Table(title=stage, title_justify="left")
         table.add_column("")
+        head = next((k for k in ("source", "benchmark", "unit") if k in rows[0]), None)
         for row in rows:
-            table.add_column(str(row.get("source", "")))
-        for field in dict.fromkeys(k for row in rows for k in row if k != "source"):
+            table.add_column(str(row.get(head, "")) if head else "")
+        for field in dict.fromkeys(k for row in rows for k in row if k != head):
             table.add_row(field, *(_cell(row.get(field)) for row in rows))
         console.print(table)
 
@@ -119,6 +120,41 @@ def deploy(
     deployment_id = do_deploy(catalog_path, name or catalog.name, cron=cron, pool=pool, only=only)
     if deployment_id:
         console.print(f"deployment vora-pipeline/{name or catalog.name} ({deployment_id}) on pool {pool}")
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="a VoRA model directory (merged or finetuned)")],
+    question: Annotated[str, typer.Argument()],
+    image: Annotated[list[str] | None, typer.Option("--image", help="an image file; repeat for several")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option()] = 1.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+) -> None:
+    """Ask a model about images (or text only); the answer streams to the terminal."""
+    from vora_core.eval.chat import chat_command
+
+    chat_command(model, question, image or [], max_new_tokens=max_new_tokens, temperature=temperature,
+                 top_p=top_p, seed=seed, device=device, dtype=dtype,
+                 echo=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+
+
+@app.command()
+def merge(
+    pretrain_dir: Annotated[str, typer.Argument(metavar="PRETRAIN_DIR")],
+    out_dir: Annotated[str, typer.Argument(metavar="OUT_DIR")],
+    dtype: Annotated[str, typer.Option(help="storage dtype: float32 | bfloat16 | float16")] = "float32",
+    force: Annotated[bool, typer.Option(help="redo even if OUT_DIR holds a matching merge")] = False,
+) -> None:
+    """Merge a pretrained VoRA adapter into its LLM (exact, fp32) and check the logits."""
+    from vora_core.catalog import MergeSettings
+    from vora_core.merge_stage import merge_command
+
+    result = merge_command(pretrain_dir, out_dir, MergeSettings(dtype=dtype), force=force)
+    console.print(result)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from prefect import flow, get_run_logger
 
 from flows.download import download_flow
+from flows.evaluate import evaluate_flow
+from flows.merge import merge_flow
 from flows.recaption import recaption_flow
 from vora_core.catalog import load_catalog
 from vora_core.stages import check_stage, select_stages
@@ -15,7 +17,13 @@ from vora_core.stages import check_stage, select_stages
 STAGE_FLOWS: dict[str, Callable[..., object]] = {
     "download": download_flow,
     "recaption": recaption_flow,
+    "merge": merge_flow,
+    "evaluate": evaluate_flow,
 }
+# What a plain `vora run` (or --from/--until) chains. The chain stops where a stage is not built yet:
+# merge and evaluate need the outputs of pretrain/finetune, so until those exist they run only when
+# named (`--only merge`, `vora stage evaluate`) on a model made elsewhere.
+CHAINED = ("download", "recaption")
 
 
 @flow(name="vora-pipeline")
@@ -28,6 +36,6 @@ def vora_pipeline(
 ) -> dict[str, object]:
     load_catalog(catalog_path).write_lock()  # fail fast on a bad catalog, before any stage
     forced = {check_stage(s) for s in force or []}
-    stages = select_stages(STAGE_FLOWS, only=only, from_=from_stage, until=until_stage)
+    stages = select_stages(STAGE_FLOWS if only else CHAINED, only=only, from_=from_stage, until=until_stage)
     get_run_logger().info("stages: %s", ", ".join(stages))
     return {stage: STAGE_FLOWS[stage](catalog_path, force=stage in forced) for stage in stages}

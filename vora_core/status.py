@@ -9,6 +9,8 @@ from vora_core.stages import resolve
 SUMMARIES: dict[str, str] = {
     "download": "vora_core.data.download:summary",
     "recaption": "vora_core.caption.recaption:summary",
+    "merge": "vora_core.merge_stage:summary",
+    "evaluate": "vora_core.eval.runner:summary",
 }
 
 

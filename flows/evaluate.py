@@ -1,0 +1,22 @@
+"""evaluate stage: one task per benchmark (vora_core.eval.runner), then eval/summary.json."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.common import map_units, publish_table
+from vora_core.catalog import load_catalog
+from vora_core.eval import runner
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(catalog_path: str, force: bool = False) -> list[dict]:
+    catalog = load_catalog(catalog_path)
+    catalog.write_lock()
+    # One benchmark at a time: they share one loaded model (and one GPU).
+    results = map_units(catalog, catalog_path, "evaluate", runner.plan(catalog), "vora_core.eval.runner:run_unit",
+                        force=force)
+    runner.write_summary(catalog)
+    publish_table(catalog, "evaluate", runner.summary(catalog),
+                  "evaluate: headline metric per benchmark, questions scored / rejected, samples/s")
+    return results
