@@ -1,4 +1,4 @@
-"""vora_pipeline: the stages built so far, chained as subflows, with only/from/until/force."""
+"""vora_pipeline: every stage, chained as subflows, with only/from/until/force."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from prefect import flow, get_run_logger
 from flows.download import download_flow
 from flows.evaluate import evaluate_flow
 from flows.merge import merge_flow
+from flows.mix import mix_flow
 from flows.recaption import recaption_flow
+from flows.train import finetune_flow, pretrain_flow
 from vora_core.catalog import load_catalog
 from vora_core.stages import check_stage, select_stages
 
@@ -17,13 +19,14 @@ from vora_core.stages import check_stage, select_stages
 STAGE_FLOWS: dict[str, Callable[..., object]] = {
     "download": download_flow,
     "recaption": recaption_flow,
+    "mix": mix_flow,
+    "pretrain": pretrain_flow,
     "merge": merge_flow,
+    "finetune": finetune_flow,
     "evaluate": evaluate_flow,
 }
-# What a plain `vora run` (or --from/--until) chains. The chain stops where a stage is not built yet:
-# merge and evaluate need the outputs of pretrain/finetune, so until those exist they run only when
-# named (`--only merge`, `vora stage evaluate`) on a model made elsewhere.
-CHAINED = ("download", "recaption")
+# What a plain `vora run` (or --from/--until) chains: every stage.
+CHAINED = tuple(STAGE_FLOWS)
 
 
 @flow(name="vora-pipeline")

@@ -54,7 +54,9 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
     units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
     results = map_units(
         catalog, catalog_path, "recaption", units, "flows.recaption:run_unit",
-        force=force, retries=settings.unit_retries, parallel=settings.parallel_units,
+        # Retries only where the network is flaky (a server engine); local engines fail deterministically.
+        force=force, retries=settings.unit_retries if settings.engine == "openai" else 0,
+        parallel=settings.parallel_units,
     )
     open_manifest(catalog.run).close()  # rebuild the views (captions) over what is on disk now
     rows = recaption.summary(catalog)

@@ -32,6 +32,9 @@ class SyntheticShapesSource(Strict):
     heldout: int = Field(100, ge=0, description="extra images kept for evaluation, never downloaded")
     min_side: int = Field(48, ge=8)
     max_side: int = Field(320, ge=8)
+    shape_scale: float = Field(
+        1.0, gt=0, le=1.6, description="shape radius × this (small: 0.15, large: 0.3 of the shorter side at 1.0)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -211,7 +214,7 @@ class RecaptionSettings(Strict):
         None, gt=0, description="hf engine: torch threads while captioning (null: torch's default; 1 suits tiny models)"
     )
     batch_retries: int = Field(2, ge=0, description="a failing batch is retried this often before its shard fails")
-    unit_retries: int = Field(1, ge=0, description="Prefect retries of a failed shard")
+    unit_retries: int = Field(1, ge=0, description="Prefect retries (with backoff) of a failed shard; openai engine only (local engines fail deterministically)")
     parallel_units: int = Field(1, gt=0, description="shards captioned at once")
     concurrency_limit: str | None = Field(
         "vora-gpu", description="Prefect global concurrency limit guarding GPU slots (none: unguarded)"
@@ -287,6 +290,228 @@ class EvaluateSettings(Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
 
+# ---------------------------------------------------------------------------------- model (pretrain)
+
+
+class TinyModelSettings(Strict):
+    """Sizes of the seeded tiny LLM (+ tokenizer trained on the run's own text) and tiny AIMv2 teacher that
+    `model.llm: tiny` / `model.teacher: tiny` build into <workdir>/models/ (demo and tests)."""
+
+    vocab_size: int = Field(1024, gt=0)
+    hidden_size: int = Field(64, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    teacher_hidden_size: int = Field(32, gt=0)
+    teacher_layers: int = Field(2, gt=0)
+    teacher_heads: int = Field(2, gt=0)
+    teacher_intermediate_size: int = Field(64, gt=0)
+    seed: int = 0
+
+
+class ModelSettings(Strict):
+    """The VoRA model the pretrain stage builds (VoRAConfig fields); finetune reads the merged model."""
+
+    llm: str = Field("tiny", description="HF name or directory of the instruct LLM; `tiny` = build one")
+    teacher: str | None = Field("tiny", description="HF name or directory of the AIMv2 teacher; `tiny` = build one")
+    tiny: TinyModelSettings = Field(default_factory=TinyModelSettings)
+    lora_rank: int = Field(1024, gt=0)
+    lora_layers: int | None = Field(None, gt=0, description="LoRA'd and distilled blocks; default: teacher depth")
+    vision_attention: Literal["bidirectional", "causal"] = "bidirectional"
+    distill: Literal["blockwise", "last", "none"] = "blockwise"
+    distill_weight: float = Field(1.0, ge=0)
+    image_size: int = Field(448, gt=0)
+    patch_size: int = Field(14, gt=0)
+    transform: Literal["square", "native"] = Field(
+        "square", description="square: pad with the mean colour + resize (paper); native: AnyRes ≤ max_image_tokens"
+    )
+    max_image_tokens: int | None = Field(None, gt=0, description="native: token cap per image (default: grid²)")
+    attn_implementation: Literal["sdpa", "eager", "flex_attention"] = Field(
+        "sdpa", description="flex_attention: CUDA only (block-sparse image/packing mask)"
+    )
+
+    @model_validator(mode="after")
+    def _geometry(self) -> ModelSettings:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.distill != "none" and self.teacher is None:
+            raise ValueError(f"distill: {self.distill} needs a teacher; set model.teacher or distill: none")
+        return self
+
+
+# ---------------------------------------------------------------------------------- pretrain / finetune
+
+
+class TrainSettings(Strict):
+    """One training run (vora_core/train): packing, batch, optimiser, schedule, checkpoints, torchrun.
+
+    Global batch = micro_batch × grad_accum × nproc_per_node × nnodes rows; with packing a row holds
+    several samples (up to seq_len tokens, vision tokens included)."""
+
+    seq_len: int = Field(4096, gt=0, description="tokens per row (vision tokens included)")
+    packing: bool = Field(True, description="pack samples into rows (doc ids, restarting positions); false pads")
+    micro_batch: int = Field(1, gt=0, description="rows per forward pass and rank")
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    schedule: Literal["constant_with_warmup", "cosine", "constant"] = "constant_with_warmup"
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: floor as a fraction of lr")
+    steps: int | None = Field(None, gt=0, description="optimizer steps (or give epochs)")
+    epochs: float | None = Field(None, gt=0, description="passes over the mixture (steps of the first epoch × this)")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global grad norm (null: no clipping)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    grad_checkpointing: bool = False
+    checkpoint_every: int = Field(500, gt=0, description="optimizer steps between checkpoints (and one at the end)")
+    keep_last: int = Field(2, gt=0, description="checkpoints kept")
+    nan_tolerance: int = Field(5, gt=0, description="this many non-finite steps in a row stop the run")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers per rank (and sample-index processes)")
+    system_prompt: str | None = Field(None, description="added when a conversation has none; null: the template's")
+    nproc_per_node: int = Field(1, gt=0)
+    nnodes: int = Field(1, gt=0)
+    node_rank: int = Field(0, ge=0, description="this machine's rank (multi-node: set per node)")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous (multi-node); null: standalone")
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    device: str = Field("auto", description="auto | cpu | cuda")
+    cpu_threads: int | None = Field(None, gt=0, description="torch threads per rank on CPU (null: torch's default)")
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_or_epochs(cls, data: Any) -> Any:
+        # Giving only one of `steps` / `epochs` replaces the other's default.
+        if isinstance(data, dict):
+            for given, other in (("steps", "epochs"), ("epochs", "steps")):
+                if data.get(given) is not None and other not in data:
+                    data = {**data, other: None}
+        return data
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainSettings:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be < nnodes ({self.nnodes})")
+        return self
+
+
+class PretrainSettings(TrainSettings):
+    """Stage 1 (paper): LoRA + vision embedding + distillation heads, lr 2e-4 constant, warmup 100."""
+
+    steps: int | None = Field(1000, gt=0, description="optimizer steps (or give epochs)")
+    mixture: str | None = Field(None, description="mixture directory; default: <workdir>/mixture/pretrain")
+
+
+class FinetuneSettings(TrainSettings):
+    """Stage 2 (paper): all LLM parameters + vision embedding on the merged model, lr 2e-5 cosine, warmup 20."""
+
+    lr: float = Field(2e-5, gt=0)
+    schedule: Literal["constant_with_warmup", "cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(20, ge=0)
+    steps: int | None = Field(None, gt=0, description="optimizer steps (or give epochs)")
+    epochs: float | None = Field(1.0, gt=0, description="passes over the mixture")
+    model: str | None = Field(None, description="model directory to finetune; default: <workdir>/merged")
+    mixture: str | None = Field(None, description="mixture directory; default: <workdir>/mixture/finetune")
+
+
+# ------------------------------------------------------------------------------- text sources & mix
+
+TEXT_FORMATS = ("sharegpt", "messages", "prompt_response", "llava", "shapes_vqa")
+FILE_FORMATS = ("sharegpt", "messages", "prompt_response", "llava")
+
+
+class TextSource(Strict):
+    """A text-instruction or VQA source, read into canonical conversations (`text/<source>/`).
+
+    sharegpt: `conversations: [{from, value}]`; messages: `[{role, content}]`; prompt_response: one
+    turn from columns; llava: the LLaVA-665K json array, images from `image_dir`; shapes_vqa: VQA in
+    the held-out benchmark's formats over a synthetic_shapes source's training images."""
+
+    format: Literal["sharegpt", "messages", "prompt_response", "llava", "shapes_vqa"]
+    path: str | None = Field(None, description="jsonl / json / parquet file, directory or glob (local or fsspec URL)")
+    file_format: Literal["jsonl", "json", "parquet"] | None = Field(None, description="default: from the suffix")
+    id_col: str | None = Field(None, description="a unique id per row; default: `id` when present, else the row number")
+    conversations_col: str = "conversations"
+    messages_col: str = "messages"
+    prompt_col: str = Field("question", description="prompt_response: the user turn")
+    response_col: str = Field("response", description="prompt_response: the assistant turn")
+    system_col: str | None = Field(None, description="prompt_response: an optional system prompt column")
+    context_col: str | None = Field(None, description="prompt_response: appended to the prompt (Dolly)")
+    image_dir: str | None = Field(None, description="llava: the folder the `image` paths are relative to")
+    source: str | None = Field(None, description="shapes_vqa: the synthetic_shapes source")
+    draws: int = Field(1, gt=0, description="shapes_vqa: conversations per image (options drawn anew)")
+    limit: int | None = Field(None, gt=0, description="first N rows only")
+
+    @model_validator(mode="after")
+    def _needs(self) -> TextSource:
+        if self.format in FILE_FORMATS and not self.path:
+            raise ValueError(f"format {self.format} needs `path`")
+        if self.format == "llava" and not self.image_dir:
+            raise ValueError("format llava needs `image_dir` (the folder its `image` paths are relative to)")
+        if self.format == "shapes_vqa" and not self.source:
+            raise ValueError("format shapes_vqa needs `source` (a synthetic_shapes source)")
+        return self
+
+
+DEFAULT_MIX_CAPTION_PROMPTS = [
+    "Describe the image.",
+    "What is in this picture?",
+    "Write a detailed description of the image.",
+    "Give a short caption for this image.",
+    "Describe what you see.",
+]
+
+
+class CaptionMix(Strict):
+    """Image-caption samples: `user: "<image>\n{prompt}"`, `assistant: caption`."""
+
+    policy: Literal["recap", "alt", "recap_or_alt"] = Field(
+        "recap", description="recap: the recaption stage's caption; alt: the source's alt text; recap_or_alt: "
+        "the caption when it is usable, else the alt text"
+    )
+    sources: list[str] | None = Field(None, description="image sources used (default: all)")
+    min_side: int = Field(0, ge=0, description="drop images whose shorter side is below this (pixels)")
+    exclude_flags: list[Literal["empty", "truncated", "repetitive", "undecodable"]] = Field(
+        default_factory=lambda: ["empty", "truncated", "repetitive", "undecodable"],
+        description="a recaption with any of these flags is not used",
+    )
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_MIX_CAPTION_PROMPTS), min_length=1)
+    repeat: int = Field(1, gt=0, description="each caption sample this many times")
+
+
+class TextShare(Strict):
+    """How much of a text source goes into a mixture: `weight` (share of the whole mixture) or
+    `repeat` (a factor on the source's rows; 0.5 = a deterministic half)."""
+
+    weight: float | None = Field(None, gt=0, lt=1)
+    repeat: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> TextShare:
+        if (self.weight is None) == (self.repeat is None):
+            raise ValueError("give exactly one of weight and repeat")
+        return self
+
+
+class MixtureSettings(Strict):
+    captions: CaptionMix | None = Field(default_factory=CaptionMix, description="null: no caption samples")
+    text: dict[str, TextShare] = Field(default_factory=dict, description="text source name → weight or repeat")
+    seed: int = 0
+
+
+class MixSettings(Strict):
+    """The mix stage: one mixture per training stage, built with DuckDB over the manifest."""
+
+    pretrain: MixtureSettings = Field(default_factory=MixtureSettings)
+    finetune: MixtureSettings = Field(default_factory=lambda: MixtureSettings(captions=None))
+    memory_limit: str = Field("2GB", description="DuckDB memory_limit")
+    threads: int = Field(2, gt=0, description="DuckDB threads")
+    rows_per_part: int = Field(1_000_000, gt=0, description="text parquet part size (rows)")
+
+
 # -------------------------------------------------------------------------------------------- catalog
 
 
@@ -298,7 +523,12 @@ class Catalog(Strict):
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     # -- later stages add their sections below this line (one field each, with defaults) --
     recaption: RecaptionSettings = Field(default_factory=RecaptionSettings)
+    text_sources: dict[str, TextSource] = Field(default_factory=dict)
+    mix: MixSettings = Field(default_factory=MixSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
     merge: MergeSettings = Field(default_factory=MergeSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
 
     @model_validator(mode="after")
@@ -306,6 +536,23 @@ class Catalog(Strict):
         for name in self.sources:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"source name {name!r} may hold only letters, digits, '_' and '-'")
+        for name, text in self.text_sources.items():
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"text source name {name!r} may hold only letters, digits, '_' and '-'")
+            if name in self.sources:
+                raise ValueError(f"text source {name!r} has the name of an image source; names must differ")
+            if text.source is not None and getattr(self.sources.get(text.source), "kind", None) != "synthetic_shapes":
+                raise ValueError(f"text_sources.{name}.source: {text.source!r} is not a synthetic_shapes source")
+        for stage in ("pretrain", "finetune"):
+            mixture: MixtureSettings = getattr(self.mix, stage)
+            for name in mixture.text:
+                if name not in self.text_sources:
+                    raise ValueError(f"mix.{stage}.text: {name!r} is not in text_sources")
+            for name in (mixture.captions.sources or []) if mixture.captions else []:
+                if name not in self.sources:
+                    raise ValueError(f"mix.{stage}.captions.sources: {name!r} is not an image source")
+            if sum(t.weight or 0 for t in mixture.text.values()) >= 1:
+                raise ValueError(f"mix.{stage}.text: weights add up to 1 or more; they are shares of the mixture")
         return self
 
     @property

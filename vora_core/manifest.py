@@ -31,9 +31,10 @@ class View:
 
 
 VIEWS: dict[str, View] = {}
+_DEFINITIONS = "_vora_view_definitions"  # the SQL each view was last created with
 # Modules that register the views of later stages; imported when the manifest is opened so that every
 # process (the CLI's `vora status`, the mix stage, ...) sees every view.
-VIEW_MODULES = ("vora_core.caption.views",)
+VIEW_MODULES = ("vora_core.caption.views", "vora_core.data.text_views")
 
 
 def register_view(view: View) -> View:
@@ -111,13 +112,27 @@ def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     root = root.resolve()
     for module in VIEW_MODULES:
         importlib.import_module(module)
+    wanted: dict[str, str] = {}
     for view in sorted(VIEWS.values(), key=lambda v: v.pattern is None):
         if view.pattern is None:
             sql = view.select
         else:
             src = _source_sql(root, view.pattern)
             sql = view.select.replace("{src}", src) if src else view.empty
-        con.execute(f"CREATE OR REPLACE VIEW {view.name} AS {sql}")
+        wanted[view.name] = sql
+    # Unchanged definitions are left alone, so a rerun that changes nothing leaves the file untouched.
+    try:
+        have = dict(con.execute(f"SELECT name, sql FROM {_DEFINITIONS} ORDER BY seq").fetchall())
+        present = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    except duckdb.CatalogException:
+        have, present = {}, set()
+    if have == wanted and present >= set(wanted):
+        return
+    for name, sql in wanted.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    con.execute(f"CREATE OR REPLACE TABLE {_DEFINITIONS} (seq INTEGER, name VARCHAR, sql VARCHAR)")
+    con.executemany(f"INSERT INTO {_DEFINITIONS} VALUES (?, ?, ?)",
+                    [(i, name, sql) for i, (name, sql) in enumerate(wanted.items())])
 
 
 def open_manifest(

@@ -9,7 +9,10 @@ from vora_core.stages import resolve
 SUMMARIES: dict[str, str] = {
     "download": "vora_core.data.download:summary",
     "recaption": "vora_core.caption.recaption:summary",
+    "mix": "vora_core.mix:summary",
+    "pretrain": "vora_core.train.stage:pretrain_summary",
     "merge": "vora_core.merge_stage:summary",
+    "finetune": "vora_core.train.stage:finetune_summary",
     "evaluate": "vora_core.eval.runner:summary",
 }
 

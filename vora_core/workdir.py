@@ -59,6 +59,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` atomically; a file that already holds exactly `data` is left alone (a rerun that
+    changes nothing rewrites nothing, and mtime-based identities stay put)."""
+    p = Path(path)
+    try:
+        if p.is_file() and p.stat().st_size == len(data) and p.read_bytes() == data:
+            return p
+    except OSError:
+        pass
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)

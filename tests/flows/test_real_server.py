@@ -2,63 +2,21 @@
 REST API, and check flow-run and task-run states. Every process started here is stopped by pid."""
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from flows.localserver import BIN, free_port, server_env, start, start_server, stop, wait_for
+
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-def wait_for(predicate, timeout: float, what: str, logs: list[Path]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
 def test_deploy_and_run_on_a_real_server(tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": api,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
+    env = server_env(tmp_path / "prefect-home", port)
     catalog = {
         "name": "served",
         "workdir": str(tmp_path / "run"),
@@ -69,17 +27,9 @@ def test_deploy_and_run_on_a_real_server(tmp_path):
     catalog_path = tmp_path / "served.yaml"
     catalog_path.write_text(yaml.safe_dump(catalog))
     server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
-    server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                   env, server_log)
+    server = start_server(tmp_path / "prefect-home", port, server_log)
     worker = None
     try:
-        def healthy():
-            try:
-                return httpx.get(f"{api}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 120, "the Prefect server", [server_log])
         subprocess.run([str(BIN / "prefect"), "work-pool", "create", "vora-test", "--type", "process"],
                        env=env, check=True, capture_output=True, timeout=120)
         out = subprocess.run([str(BIN / "vora"), "deploy", str(catalog_path), "--pool", "vora-test",

@@ -265,7 +265,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
 
 
-def synthetic_shape(rng: random.Random, min_side: int, max_side: int) -> tuple[Image.Image, dict]:
+def synthetic_shape(rng: random.Random, min_side: int, max_side: int, scale: float = 1.0) -> tuple[Image.Image, dict]:
     """One image of a coloured shape on a plain background, with its ground-truth labels."""
     width, height = rng.randint(min_side, max_side), rng.randint(min_side, max_side)
     shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
@@ -273,7 +273,7 @@ def synthetic_shape(rng: random.Random, min_side: int, max_side: int) -> tuple[I
     position, size = rng.choice(POSITIONS), rng.choice(SIZES)
     img = Image.new("RGB", (width, height), BACKGROUNDS[background])
     short = min(width, height)
-    r = short * (0.3 if size == "large" else 0.15) * rng.uniform(0.9, 1.1)
+    r = short * (0.3 if size == "large" else 0.15) * scale * rng.uniform(0.9, 1.1)
     fx = {"left": 0.27, "right": 0.73}.get(position.split()[-1], 0.5)
     fy = {"top": 0.27, "bottom": 0.73}.get(position.split()[0], 0.5)
     cx = fx * width + rng.uniform(-0.04, 0.04) * width
@@ -294,7 +294,7 @@ def write_synthetic_shapes(src: SyntheticShapesSource, out_dir: Path) -> tuple[p
         folder.mkdir(parents=True, exist_ok=True)
         records = []
         for i in range(count):
-            img, labels = synthetic_shape(rng, src.min_side, src.max_side)
+            img, labels = synthetic_shape(rng, src.min_side, src.max_side, src.shape_scale)
             path = folder / f"{i:06d}.png"
             img.save(path, "PNG")
             records.append({"row_id": f"{split}-{i:06d}", "file": str(path), "url": path.resolve().as_uri(),

@@ -17,6 +17,7 @@ benchmark is the same on every run and machine.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -65,13 +66,23 @@ def read_labels(path: Path) -> list[dict]:
 
 def build_heldout(source: str, source_dir: Path, kind: str, seed: int = 0) -> Benchmark:
     """One of the held-out benchmarks (`kind` in KINDS) of a synthetic shapes source."""
+    # The file's name under this source's heldout/ folder: survives a moved run directory.
+    rows = read_labels(labels_path(source_dir))
+    samples = question_samples(rows, lambda row: str(source_dir / "heldout" / Path(row["file"]).name), kind, seed)
+    fmt = "short" if kind == "short" else kind
+    return Benchmark(f"{source}-heldout-{kind}", fmt, samples)
+
+
+def question_samples(rows: list[dict], image_of: Callable[[dict], str], kind: str, seed: int = 0) -> list[Sample]:
+    """The questions of `kind` about labelled shapes images (`rows`: label rows; `image_of(row)`: its image).
+    The held-out benchmarks and the mix stage's `shapes_vqa` training data both come from here, so the
+    training prompts are the evaluation prompts."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
     samples: list[Sample] = []
     colours, shapes = list(COLOURS), list(SHAPES)
-    for i, row in enumerate(read_labels(labels_path(source_dir))):
-        # The file's name under this source's heldout/ folder: survives a moved run directory.
-        rid, image = row["row_id"], [str(source_dir / "heldout" / Path(row["file"]).name)]
+    for i, row in enumerate(rows):
+        rid, image = row["row_id"], [image_of(row)]
 
         def rng(question: str, rid: str = rid) -> random.Random:
             return random.Random(f"{seed}/{rid}/{question}")
@@ -94,8 +105,7 @@ def build_heldout(source: str, source_dir: Path, kind: str, seed: int = 0) -> Be
             for what in ("position", "background"):
                 samples.append(Sample(f"{rid}/{what}", "short", QUESTIONS[what], image, row[what],
                                       meta={"category": what}))
-    fmt = "short" if kind == "short" else kind
-    return Benchmark(f"{source}-heldout-{kind}", fmt, samples)
+    return samples
 
 
 # The vocabularies the questions draw from (exported for the docs and the mix stage's templates).

@@ -1,0 +1,27 @@
+"""mix stage: text sources → canonical conversations, then the pretrain and finetune mixtures (vora_core.mix)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.common import map_units, publish_table
+from vora_core import mix
+from vora_core.catalog import load_catalog
+from vora_core.manifest import open_manifest
+
+
+@flow(name="mix", log_prints=True)
+def mix_flow(catalog_path: str, force: bool = False) -> list[dict]:
+    catalog = load_catalog(catalog_path)
+    catalog.write_lock()
+    units = mix.plan(catalog)
+    # Text units first: the mixtures read their output (a failed text unit stops the stage here).
+    text = [u for u in units if u.params["kind"] == "text"]
+    results = map_units(catalog, catalog_path, "mix-text", text, "vora_core.mix:run_unit", force=force)
+    open_manifest(catalog.run).close()  # the text views now see the new parts (and llava's shards)
+    results += map_units(catalog, catalog_path, "mix", [u for u in units if u not in text], "vora_core.mix:run_unit",
+                         force=force)
+    open_manifest(catalog.run).close()
+    publish_table(catalog, "mix", mix.summary(catalog),
+                  "mix: text sources (rows written / rejected by reason) and mixtures (rows per source and kind)")
+    return results

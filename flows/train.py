@@ -1,0 +1,65 @@
+"""pretrain and finetune stages: one task each (the torchrun training run, vora_core.train.stage).
+
+While the run trains, a progress artifact follows its metrics.jsonl; at the end a table artifact
+(steps, tokens, final losses, tokens/s) and a markdown artifact with the loss curve."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from flows.common import artifact_key, map_units, publish_table
+from vora_core.catalog import Catalog, load_catalog
+from vora_core.train import stage as train_stage
+from vora_core.workdir import Unit
+
+INLINE_PNG_LIMIT = 1 << 20  # larger curves are linked, not embedded
+
+
+def run_unit(catalog: Catalog, unit: Unit) -> dict:
+    """The runner the task resolves: train, moving the progress artifact at each logged step."""
+    artifact = unit.params.get("progress_artifact")
+
+    def on_progress(record: dict) -> None:
+        if artifact and record.get("total_steps"):
+            update_progress_artifact(artifact, 100.0 * record["step"] / record["total_steps"])
+
+    return train_stage.run_unit(catalog, unit, on_progress=on_progress)
+
+
+def loss_markdown(stage: str, png: Path) -> str:
+    if not png.exists():
+        return f"# {stage}: loss\n\nno loss curve yet ({png})"
+    data = png.read_bytes()
+    if len(data) > INLINE_PNG_LIMIT:
+        return f"# {stage}: loss\n\n[{png}]({png.resolve().as_uri()})"
+    return f"# {stage}: loss\n\n![{stage} loss](data:image/png;base64,{base64.b64encode(data).decode()})\n\n`{png}`"
+
+
+def train_flow_body(catalog_path: str, stage: str, force: bool) -> list[dict]:
+    catalog = load_catalog(catalog_path)
+    catalog.write_lock()
+    units = train_stage.plan(catalog, stage)
+    progress = create_progress_artifact(0.0, key=artifact_key(catalog.name, stage, "steps"),
+                                        description=f"{stage}: optimizer steps done")
+    units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
+    results = map_units(catalog, catalog_path, stage, units, "flows.train:run_unit", force=force)
+    publish_table(catalog, stage, train_stage.summary(catalog, stage),
+                  f"{stage}: steps, tokens, final losses, tokens/s")
+    create_markdown_artifact(loss_markdown(stage, catalog.run.stage_dir(stage) / "loss.png"),
+                             key=artifact_key(catalog.name, stage, "loss"), description=f"{stage}: loss curve")
+    return results
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain_flow(catalog_path: str, force: bool = False) -> list[dict]:
+    return train_flow_body(catalog_path, "pretrain", force)
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(catalog_path: str, force: bool = False) -> list[dict]:
+    return train_flow_body(catalog_path, "finetune", force)

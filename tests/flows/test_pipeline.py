@@ -1,0 +1,177 @@
+"""The whole pipeline on a small copy of the demo: a fresh run, a rerun that rewrites nothing, stage
+selection, settings changes that rerun only what they affect, and crash-and-rerun (SIGKILL during
+recaption and during pretrain, in a real `vora run` process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vora_core.catalog import load_catalog
+from vora_core.workdir import read_marker
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+VORA = str(Path(sys.executable).parent / "vora")
+STAGES = ["download", "recaption", "mix", "pretrain", "merge", "finetune", "evaluate"]
+
+
+def small_demo(tmp_path: Path, name: str = "small", **changes: dict) -> Path:
+    """catalogs/demo.yaml with fewer images, smaller models and a few training steps."""
+    c = yaml.safe_load((ROOT / "catalogs" / "demo.yaml").read_text())
+    c["name"], c["workdir"] = name, str(tmp_path / name)
+    c["sources"]["shapes"].update(n=24, heldout=4)
+    c["download"].update(number_sample_per_shard=6, rows_per_unit=12)
+    c["recaption"].update(max_new_tokens=6, batch_size=8)
+    c["model"]["tiny"].update(hidden_size=32, layers=2, heads=2, kv_heads=1, intermediate_size=64,
+                              teacher_hidden_size=16, teacher_layers=1, teacher_heads=1,
+                              teacher_intermediate_size=32, vocab_size=400)
+    c["model"].update(lora_rank=4, image_size=56)
+    for stage in ("pretrain", "finetune"):
+        c[stage].update(steps=4, epochs=None, seq_len=512, micro_batch=2, grad_accum=1, checkpoint_every=2,
+                        warmup_steps=1, num_workers=0, cpu_threads=1)
+    c["evaluate"].update(batch_size=8, max_new_tokens=4)
+    for key, value in changes.items():
+        c[key] = {**c.get(key, {}), **value}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(c, sort_keys=False))
+    return path
+
+
+def files_and_mtimes(root: Path) -> dict[str, int]:
+    """Every file of a run directory except Prefect's own database."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and ".prefect" not in p.parts}
+
+
+def statuses(results: dict) -> dict[str, list[str]]:
+    return {stage: sorted({r["status"] for r in rows}) for stage, rows in results.items()}
+
+
+@pytest.fixture(scope="module")
+def finished(prefect_harness, tmp_path_factory):
+    """One complete pipeline run (module-scoped: the tests below start from it)."""
+    from flows.pipeline import vora_pipeline
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    catalog = small_demo(tmp)
+    results = vora_pipeline(str(catalog))
+    return catalog, results
+
+
+def test_fresh_run_does_every_stage(finished):
+    catalog, results = finished
+    assert list(results) == STAGES
+    assert statuses(results) == {stage: ["done"] for stage in STAGES}
+    run = load_catalog(catalog).run
+    for path in ("pretrain/final", "merged", "finetune/final", "finetune/loss.png", "eval/summary.json",
+                 "mixture/pretrain/stats.json", "mixture/finetune/stats.json"):
+        assert (run.root / path).exists(), path
+    summary = json.loads((run.root / "eval" / "summary.json").read_text())
+    assert sorted(summary["benchmarks"]) == ["shapes-heldout-mc", "shapes-heldout-short", "shapes-heldout-yesno"]
+
+
+def test_rerun_skips_every_unit_and_rewrites_nothing(finished):
+    from flows.pipeline import vora_pipeline
+
+    catalog, _ = finished
+    root = load_catalog(catalog).run.root
+    before = files_and_mtimes(root)
+    t0 = time.monotonic()
+    results = vora_pipeline(str(catalog))
+    assert time.monotonic() - t0 < 60
+    assert statuses(results) == {stage: ["skipped"] for stage in STAGES}
+    assert files_and_mtimes(root) == before
+
+
+def test_only_from_and_force(finished):
+    from flows.pipeline import vora_pipeline
+
+    catalog, _ = finished
+    assert list(vora_pipeline(str(catalog), only=["recaption"])) == ["recaption"]
+    assert list(vora_pipeline(str(catalog), from_stage="finetune")) == ["finetune", "evaluate"]
+    forced = vora_pipeline(str(catalog), from_stage="merge", until_stage="evaluate", force=["evaluate"])
+    assert statuses(forced) == {"merge": ["skipped"], "finetune": ["skipped"], "evaluate": ["done"]}
+
+
+def test_changing_evaluate_settings_reruns_only_evaluate(finished, tmp_path):
+    from flows.pipeline import vora_pipeline
+
+    catalog, _ = finished
+    c = yaml.safe_load(catalog.read_text())
+    c["evaluate"]["max_new_tokens"] = 3
+    changed = catalog.with_name("small-eval.yaml")
+    changed.write_text(yaml.safe_dump(c, sort_keys=False))
+    results = vora_pipeline(str(changed))
+    expected = {stage: ["skipped"] for stage in STAGES[:-1]} | {"evaluate": ["done"]}
+    assert statuses(results) == expected
+
+
+# ------------------------------------------------------------------------------ crash and rerun
+
+
+def run_until(catalog: Path, ready, timeout: float = 600) -> subprocess.Popen:
+    """Start `vora run` in its own process group; SIGKILL the group once `ready()` is true."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)  # its own embedded server, like a user's run
+    log = catalog.with_suffix(".log").open("w")
+    proc = subprocess.Popen([VORA, "run", str(catalog)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"vora run ended ({proc.returncode}) before the kill point"
+        assert time.monotonic() < deadline, "the kill point was never reached"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    return proc
+
+
+def rerun(catalog: Path) -> None:
+    done = subprocess.run([VORA, "run", str(catalog)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_sigkill_during_recaption_then_rerun_redoes_only_unfinished_shards(tmp_path):
+    catalog = small_demo(tmp_path, "killrecap", recaption={"batch_size": 2, "max_new_tokens": 16})
+    run = load_catalog(catalog).run
+    captions = run.root / "captions" / "shapes"
+
+    def first_shard_captioned() -> bool:
+        return len(list(captions.glob("*.parquet.done.json"))) >= 1
+
+    run_until(catalog, first_shard_captioned)
+    finished_before = {p.name: p.stat().st_mtime_ns for p in captions.glob("*.parquet.done.json")}
+    assert 1 <= len(finished_before) < 4  # killed mid-stage
+    rerun(catalog)
+    after = {p.name: p.stat().st_mtime_ns for p in captions.glob("*.parquet.done.json")}
+    assert len(after) == 4
+    assert {k: after[k] for k in finished_before} == finished_before  # finished shards were not redone
+    assert (run.root / "eval" / "summary.json").exists()
+
+
+def test_sigkill_during_pretrain_then_rerun_resumes(tmp_path):
+    catalog = small_demo(tmp_path, "killtrain", pretrain={"steps": 8, "checkpoint_every": 2})
+    run = load_catalog(catalog).run
+    checkpoints = run.root / "pretrain" / "checkpoints"
+
+    def has_checkpoint() -> bool:
+        return any(checkpoints.glob("step-*")) if checkpoints.exists() else False
+
+    run_until(catalog, has_checkpoint)
+    download_markers = {p: p.stat().st_mtime_ns for p in (run.root / "shards").rglob("*.done.json")}
+    rerun(catalog)
+    assert {p: p.stat().st_mtime_ns for p in download_markers} == download_markers
+    steps = [json.loads(line)["step"] for line in (run.root / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # resumed: every step once, in order
+    assert read_marker(run.root / "pretrain" / "final")["stats"]["steps"] == 8
+    assert (run.root / "eval" / "summary.json").exists()

@@ -1,0 +1,131 @@
+"""Training runs through torchrun on CPU: kill-and-resume equality, two gloo ranks, the NaN stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_world import World, vora_config
+
+from vora_core.catalog import PretrainSettings
+from vora_core.train.launch import TrainingFailed, launch, torchrun_command
+from vora_core.train.metrics import read_metrics
+from vora_core.train.stage import prepare_spec
+
+pytestmark = pytest.mark.slow
+COMPARED = ("loss", "lm_loss", "distill", "distill_blocks", "grad_norm", "lr", "tokens", "samples", "epoch", "skipped")
+
+
+def make_spec(world: World, out: Path, **settings):
+    _, fields = vora_config(world, "native", max_image_tokens=20)
+    base = dict(seq_len=160, steps=8, micro_batch=2, grad_accum=2, lr=2e-3, warmup_steps=2, checkpoint_every=4,
+                keep_last=2, num_workers=0, cpu_threads=1, seed=0)
+    s = PretrainSettings(**{**base, **settings})
+    model = {"init": "parts", "llm": str(world.llm), "teacher": str(world.teacher), "fields": fields}
+    spec, _ = prepare_spec("pretrain", out, world.mixture, world.run, model, str(world.llm), s, "native")
+    return spec
+
+
+def final_weights(spec) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(spec.out_dir) / "final" / "model.safetensors"))
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(world, tmp_path):
+    settings = dict(steps=20, checkpoint_every=4, num_workers=1)  # > 2 epochs: the resume crosses an epoch
+    reference = make_spec(world, tmp_path / "a", **settings)
+    launch(reference)
+    ref_rows = read_metrics(reference.metrics)
+    assert [r["step"] for r in ref_rows] == list(range(1, 21))
+    assert len({r["epoch"] for r in ref_rows}) >= 2
+
+    spec = make_spec(world, tmp_path / "b", **settings)
+    spec_path = spec.save(Path(spec.out_dir) / "spec.json")
+    child = subprocess.Popen(torchrun_command(spec_path, spec.settings), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = spec.checkpoints / "step-0000008"
+    deadline = time.monotonic() + 120
+    while not target.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert target.exists() and not spec.final.exists(), "the run should have been killed mid-way"
+    killed_at = len(read_metrics(spec.metrics))
+    assert 8 <= killed_at < 20
+
+    stats = launch(spec)  # the same command again: resumes from the newest complete checkpoint
+    assert stats["steps"] == 20
+    log = (Path(spec.out_dir) / "train.log").read_text()
+    assert "resumed from" in log and "step-00000" in log
+    rows = read_metrics(spec.metrics)
+    assert [r["step"] for r in rows] == list(range(1, 21))  # lines after the checkpoint were rewritten once
+    for ref, got in zip(ref_rows, rows, strict=True):
+        assert {k: ref[k] for k in COMPARED} == {k: got[k] for k in COMPARED}, ref["step"]
+    a, b = final_weights(reference), final_weights(spec)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in sorted(spec.checkpoints.iterdir())] == ["step-0000016", "step-0000020"]  # keep_last
+    assert (Path(spec.out_dir) / "loss.png").stat().st_size > 1000
+
+
+def test_two_gloo_ranks_see_disjoint_data_and_agree(world, tmp_path):
+    spec = make_spec(world, tmp_path / "ddp", steps=3, micro_batch=1, grad_accum=2, nproc_per_node=2,
+                     checkpoint_every=100)
+    spec.extra["trace_data"] = True
+    stats = launch(spec)
+    assert stats["world"] == 2 and stats["steps"] == 3
+    trace = Path(spec.out_dir) / "data_trace"
+    seen = {r: [json.loads(line) for line in (trace / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    assert [x["step"] for x in seen[0]] == [x["step"] for x in seen[1]] == [1, 2, 3]
+    samples = {r: [i for x in seen[r] for i in x["samples"]] for r in (0, 1)}
+    assert samples[0] and samples[1]
+    assert not set(samples[0]) & set(samples[1])  # disjoint
+    assert len(set(samples[0])) == len(samples[0])  # and no sample twice within the epoch
+    w0, w1 = (load_file(str(trace / f"rank-{r}.safetensors")) for r in (0, 1))
+    assert set(w0) == set(w1) and len(w0) > 0
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # identical weights on both ranks
+    # ... which are the weights of final/ (rank 0 writes it) and trained ones (LoRA B moved from zero).
+    final = final_weights(spec)
+    assert all(torch.equal(final[k], w0[k]) for k in w0 if k in final)
+    assert any(w0[k].abs().sum() > 0 for k in w0 if "lora_B" in k)
+    rows = read_metrics(spec.metrics)
+    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes the metrics
+
+
+def test_non_finite_steps_stop_the_run_and_keep_the_checkpoints(world, tmp_path):
+    spec = make_spec(world, tmp_path / "nan", steps=30, lr=1e5, max_grad_norm=None, warmup_steps=0,
+                     nan_tolerance=3, checkpoint_every=2, keep_last=10)
+    with pytest.raises(TrainingFailed) as e:
+        launch(spec)
+    message = str(e.value)
+    assert "pretrain training diverged (non-finite losses)" in message
+    assert "3 non-finite steps in a row" in message and "Last good checkpoint:" in message
+    rows = read_metrics(spec.metrics)
+    assert [r["skipped"] for r in rows[-3:]] == [True, True, True]
+    assert rows[-1]["nan_steps"] >= 3
+    assert not spec.final.exists()
+    checkpoints = sorted(spec.checkpoints.iterdir())
+    assert checkpoints
+    # Skipped steps never change the weights: every checkpoint after the first bad step is identical.
+    first_bad = next(r["step"] for r in rows if r["skipped"])
+    after = [p for p in checkpoints if int(p.name.split("-")[1]) >= first_bad - 1]
+    tensors = [load_file(str(p / "trainable.safetensors")) for p in after]
+    for t in tensors[1:]:
+        assert all(torch.equal(t[k], tensors[0][k]) for k in t)
+
+
+def test_worker_entry_point_reports_bad_spec(tmp_path):
+    bad = tmp_path / "spec.json"
+    bad.write_text(json.dumps({"stage": "nope", "out_dir": str(tmp_path), "index": "x", "tokenizer": "x",
+                               "model": {"init": "parts"}, "settings": {}}))
+    proc = subprocess.run([sys.executable, "-m", "vora_core.train.worker", "--spec", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "training stage 'nope' is not one of ('pretrain', 'finetune')" in proc.stderr

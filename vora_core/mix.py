@@ -1,0 +1,266 @@
+"""The mix stage: text sources → canonical conversations, then one training mixture per training stage.
+
+Units, in order: `text:<source>` (vora_core.data.text.ingest → `text/<source>/`), then
+`mixture:pretrain` and `mixture:finetune` (`mixture/<stage>/part-*.parquet` + `stats.json`).
+
+A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
+* caption samples: downloaded images with a caption under the policy (`recap` | `alt` |
+  `recap_or_alt`), minimum side and caption-flag filters, one image per sha256 across sources, and a
+  prompt chosen per sample by hash(seed, sample_id) from the catalog's list;
+* text/VQA sources by `repeat` (a factor on the source's rows) or `weight` (a share of the final
+  mixture). Counts are exact integers. A fractional copy takes the rows whose rank under a seeded
+  affine permutation of the dense row index `idx` is below the remainder — exact, deterministic and
+  without sorting the source.
+Part files are written per caption set and per text source; the only ordering is within the caption
+part (by image id, for byte-identical reruns). The loader shuffles.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+from vora_core.catalog import Catalog, MixtureSettings
+from vora_core.errors import DataError
+from vora_core.workdir import Unit, atomic_path, atomic_write_json, fingerprint, read_marker
+
+STAGE = "mix"
+MIXTURES = ("pretrain", "finetune")
+
+
+# ----------------------------------------------------------------------------------------- plan
+
+
+def _files(pattern: str) -> list[list]:
+    """(name, size, mtime) of the files matching `pattern` — a cheap identity of a unit's inputs."""
+    out = []
+    for f in sorted(glob.glob(pattern)):
+        st = Path(f).stat()
+        out.append([f, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _text_inputs(catalog: Catalog, name: str) -> list:
+    src = catalog.text_sources[name]
+    if src.format == "shapes_vqa":
+        root = catalog.run.root
+        return [_files(str(root / "sources" / str(src.source) / "labels.parquet")),
+                _files(str(root / "shards" / str(src.source) / "*.parquet"))]
+    if src.path and "://" not in src.path:
+        p = Path(src.path)
+        pattern = str(p / "*") if p.is_dir() else src.path
+        images = [] if src.format != "llava" else [str(Path(src.image_dir or "").resolve())]
+        return [_files(pattern), images]
+    return [src.path]
+
+
+def text_unit(catalog: Catalog, name: str) -> Unit:
+    src = catalog.text_sources[name]
+    fp = fingerprint("text", src.model_dump(mode="json"), catalog.seed, catalog.mix.rows_per_part,
+                     _text_inputs(catalog, name))
+    return Unit(stage=STAGE, id=f"text:{name}", output=str(catalog.run.text(name)), fingerprint=fp,
+                params={"kind": "text", "name": name})
+
+
+def _marker_fp(path: Path) -> str | None:
+    marker = read_marker(path)
+    return marker.get("fingerprint") if marker else None
+
+
+def mixture_unit(catalog: Catalog, stage: str) -> Unit:
+    m: MixtureSettings = getattr(catalog.mix, stage)
+    root = catalog.run.root
+    captions = []
+    if m.captions is not None:
+        captions = [_files(str(root / "shards" / "*" / "*.parquet")), _files(str(root / "captions" / "*" / "*.parquet"))]
+    texts = {name: text_unit(catalog, name).fingerprint for name in m.text}
+    fp = fingerprint("mixture", stage, m.model_dump(mode="json"), captions, texts)
+    return Unit(stage=STAGE, id=f"mixture:{stage}", output=str(catalog.run.mixture(stage)), fingerprint=fp,
+                params={"kind": "mixture", "name": stage})
+
+
+def plan(catalog: Catalog) -> list[Unit]:
+    """Text units first (the mixtures read them), then one unit per mixture."""
+    return [text_unit(catalog, n) for n in catalog.text_sources] + [mixture_unit(catalog, s) for s in MIXTURES]
+
+
+def run_unit(catalog: Catalog, unit: Unit) -> dict:
+    if unit.params["kind"] == "text":
+        from vora_core.data.text import ingest
+
+        with atomic_path(unit.output) as tmp:
+            return ingest(catalog, unit.params["name"], Path(tmp))
+    return build_mixture(catalog, unit.params["name"], Path(unit.output))
+
+
+# -------------------------------------------------------------------------------------- mixture
+
+
+def _q(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _list(values: list[str]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]::VARCHAR[]"
+
+
+def _hash_int(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:7], "big")
+
+
+def permutation(n: int, seed: int, name: str) -> tuple[int, int]:
+    """(a, b) with gcd(a, n) = 1: idx → (a·idx + b) mod n is a seeded bijection on 0..n-1."""
+    a = _hash_int("a", seed, name) % max(n, 1) or 1
+    while math.gcd(a, n) != 1:
+        a += 1
+    return a, _hash_int("b", seed, name) % max(n, 1)
+
+
+def largest_remainder(shares: dict[str, float], total: int) -> dict[str, int]:
+    """Integers proportional to `shares` that add up to exactly `total`."""
+    exact = {k: v * total / sum(shares.values()) for k, v in shares.items()} if shares else {}
+    counts = {k: math.floor(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def caption_sql(catalog: Catalog, m: MixtureSettings) -> tuple[str, str]:
+    """(the caption samples' SELECT, the funnel counts' SELECT) over the `images` and `captions` views."""
+    c = m.captions
+    assert c is not None
+    where = ["i.status = 'success'"] + ([f"i.source IN ({', '.join(_q(s) for s in c.sources)})"] if c.sources else [])
+    recap = (f"CASE WHEN trim(coalesce(c.caption, '')) <> '' AND NOT list_has_any(coalesce(c.flags, []), "
+             f"{_list(list(c.exclude_flags))}) THEN c.caption END")
+    alt = "nullif(trim(i.alt_text), '')"
+    text = {"recap": "recap", "alt": "alt", "recap_or_alt": "coalesce(recap, alt)"}[c.policy]
+    base = f"""
+        WITH cand AS (
+            SELECT i.sample_id AS image, i.source, coalesce(i.sha256, i.sample_id) AS dedup_key,
+                   least(i.width, i.height) >= {c.min_side} AS big_enough, {recap} AS recap, {alt} AS alt
+            FROM images i LEFT JOIN captions c ON c.sample_id = i.sample_id
+            WHERE {' AND '.join(where)}
+        ), chosen AS (
+            SELECT image, source, dedup_key, {text} AS text FROM cand WHERE big_enough AND {text} IS NOT NULL
+        ), unique_images AS (
+            SELECT * FROM chosen QUALIFY row_number() OVER (PARTITION BY dedup_key ORDER BY image) = 1
+        )"""
+    prompts = _list(c.prompts)
+    select = base + f"""
+        SELECT 'cap/' || image || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END AS sample_id,
+               'caption' AS kind, source, image,
+               [struct_pack(role := 'user', content := '<image>' || chr(10) ||
+                    list_extract({prompts}, 1 + (hash({m.seed}, image) % {len(c.prompts)})::BIGINT)),
+                struct_pack(role := 'assistant', content := text)] AS messages,
+               source AS weight_source
+        FROM unique_images, range({c.repeat}) r(rep)
+        ORDER BY image, rep"""
+    funnel = base + """
+        SELECT (SELECT count(*) FROM cand) AS images,
+               (SELECT count(*) FROM cand WHERE NOT big_enough) AS too_small,
+               (SELECT count(*) FROM cand WHERE big_enough) - (SELECT count(*) FROM chosen) AS no_caption,
+               (SELECT count(*) FROM chosen) - (SELECT count(*) FROM unique_images) AS duplicates,
+               (SELECT count(*) FROM unique_images) AS used"""
+    return select, funnel
+
+
+def text_sql(name: str, files: list[str], n: int, count: int, seed: int) -> str:
+    """`count` rows of a text source of `n` rows: whole copies, then a permutation-chosen remainder."""
+    full, rem = divmod(count, n)
+    a, b = permutation(n, seed, name)
+    return f"""
+        SELECT t.sample_id || CASE WHEN r.rep > 0 THEN '#' || r.rep ELSE '' END AS sample_id,
+               CASE WHEN t.image IS NULL THEN 'text' ELSE 'vqa' END AS kind, t.source, t.image, t.messages,
+               {_q(name)} AS weight_source
+        FROM read_parquet({_list(files)}) t, range({full + (1 if rem else 0)}) r(rep)
+        WHERE r.rep < {full} OR (t.idx * {a} + {b}) % {n} < {rem}"""
+
+
+def plan_counts(m: MixtureSettings, captions: int, rows: dict[str, int]) -> dict[str, int]:
+    """Exact rows per text source: `repeat` → round(n × repeat); `weight` → its share of the whole."""
+    fixed = {name: round(rows[name] * s.repeat) for name, s in m.text.items() if s.repeat is not None}
+    weights = {name: s.weight for name, s in m.text.items() if s.weight is not None}
+    if not weights:
+        return fixed
+    base = captions + sum(fixed.values())
+    if base == 0:
+        raise DataError("mixture weights are shares of a mixture with nothing else in it: add caption samples "
+                        "or give one text source a `repeat`")
+    total = round(base / (1 - sum(weights.values())))
+    return {**fixed, **largest_remainder(weights, total - base)}
+
+
+def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
+    from vora_core.manifest import open_manifest
+
+    m: MixtureSettings = getattr(catalog.mix, stage)
+    con = open_manifest(catalog.run, memory_limit=catalog.mix.memory_limit, threads=catalog.mix.threads)
+    try:
+        con.execute("SET preserve_insertion_order = true")
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir(parents=True)
+            part, funnel, caption_rows = 0, None, 0
+            if m.captions is not None:
+                select, funnel_sql = caption_sql(catalog, m)
+                funnel = dict(zip(["images", "too_small", "no_caption", "duplicates", "used"],
+                                  con.execute(funnel_sql).fetchall()[0], strict=True))
+                caption_rows = funnel["used"] * m.captions.repeat
+                con.execute(f"COPY ({select}) TO {_q(str(tmp / f'part-{part:05d}.parquet'))} (FORMAT parquet)")
+                part += 1
+            files, rows = {}, {}
+            for name in m.text:
+                files[name] = sorted(glob.glob(str(catalog.run.text(name) / "part-*.parquet")))
+                if not files[name]:
+                    raise DataError(f"no conversations in {catalog.run.text(name)}; its text unit has not run")
+                rows[name] = con.execute(f"SELECT count(*) FROM read_parquet({_list(files[name])})").fetchall()[0][0]
+                if rows[name] == 0:
+                    raise DataError(f"text source {name!r} has no valid rows (see the text_rejects view)")
+            counts = plan_counts(m, caption_rows, rows)
+            for name in m.text:
+                if counts[name] == 0:
+                    continue
+                sql = text_sql(name, files[name], rows[name], counts[name], m.seed)
+                con.execute(f"COPY ({sql}) TO {_q(str(tmp / f'part-{part:05d}.parquet'))} (FORMAT parquet)")
+                part += 1
+            if part == 0:
+                raise DataError(f"mix.{stage}: the mixture is empty (no captions, no text sources)")
+            by_source = con.execute(f"""
+                SELECT weight_source, kind, count(*) AS rows, count(image) AS images,
+                       sum(list_sum(list_transform(messages, lambda x: length(x.content))))::BIGINT AS chars
+                FROM read_parquet({_q(str(tmp / 'part-*.parquet'))})
+                GROUP BY ALL ORDER BY weight_source, kind""").fetchall()
+            total = sum(r[2] for r in by_source)
+            stats = {
+                "stage": stage, "rows": total, "parts": part,
+                "by_source": [{"source": s, "kind": k, "rows": n, "share": round(n / total, 6), "images": i,
+                               "est_text_tokens": c // 4} for s, k, n, i, c in by_source],
+                "captions": funnel, "text_rows_available": rows, "text_rows_used": counts,
+                "est_text_tokens": sum(r[4] for r in by_source) // 4,
+            }
+            atomic_write_json(tmp / "stats.json", stats)
+    finally:
+        con.close()
+    return {k: stats[k] for k in ("rows", "parts", "est_text_tokens")} | {
+        "by_source": {f"{r['source']}/{r['kind']}": r["rows"] for r in stats["by_source"]}}
+
+
+# -------------------------------------------------------------------------------------- summary
+
+
+def summary(catalog: Catalog) -> list[dict]:
+    """One row per unit: done or pending and its counts (for `vora status` and the table artifact)."""
+    rows = []
+    for unit in plan(catalog):
+        stats = (read_marker(unit.output) or {}).get("stats", {}) if unit.done else {}
+        row: dict[str, Any] = {"unit": unit.id, "done": unit.done}
+        if unit.params["kind"] == "text":
+            row |= {"rows": stats.get("rows"), "written": stats.get("written"), "rejected": stats.get("rejected"),
+                    "reasons": ", ".join(f"{k}: {v}" for k, v in stats.get("rejected_by_reason", {}).items())}
+        else:
+            row |= {"rows": stats.get("rows"), "written": stats.get("rows"), "rejected": None,
+                    "reasons": ", ".join(f"{k}: {v}" for k, v in stats.get("by_source", {}).items())}
+        rows.append(row)
+    return rows

@@ -1,0 +1,403 @@
+"""The training loop of one rank (what `python -m vora_core.train.worker` runs under torchrun).
+
+Per optimizer step: `grad_accum` micro-batches come from the loader; their label and vision token
+counts (host-side, from `collate`) are all-reduced over ranks first, so every micro-batch's loss is
+normalised by the *step's global* counts:
+
+    loss_k = Σ_tokens CE_k / N_labels + λ · distill_k · V_k / N_vision
+
+(`distill_k` is the mean over micro-batch k's V_k vision tokens). The backward of `world × loss_k`
+under DDP's gradient averaging then gives exactly the gradient of one big batch — one batch of 4
+rows and 4 micro-batches of 1 row give the same gradient.
+
+No host–device synchronisation inside the step: counts travel host → device, the NaN/inf guard is
+evaluated on the device and handed to fused AdamW as `found_inf` (the update, weight decay and step
+count are skipped on the device), and each step's metrics are read back one step later, when the
+next step is already queued. A skipped step is counted; `nan_tolerance` of them in a row stop the
+run with `TrainingDiverged` (the checkpoints stay: skipped steps never change the weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vora_core.errors import StageError
+from vora_core.train import checkpoint
+from vora_core.train.loader import EpochPlans, PackDataset, build_loader
+from vora_core.train.metrics import MetricsLog, plot_loss, read_metrics, truncate_metrics
+from vora_core.train.samples import SampleBuilder, open_index
+from vora_core.train.spec import RunSpec
+from vora_core.workdir import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(StageError):
+    """Too many non-finite steps in a row."""
+
+
+# ------------------------------------------------------------------------------------ environment
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_setting: str = "auto") -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device_setting == "auto" else device_setting.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise StageError(f"device={device_setting!r} but CUDA is not available; use device: cpu or auto")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def build_model(spec: RunSpec):
+    """The VoRA model of the spec, in float32 (master weights), with the stage's trainable set."""
+    from vora_core.model.lora import configure_trainable
+    from vora_core.model.modeling import VoRAForCausalLM, load_vora
+
+    m = spec.model
+    if m["init"] == "parts":
+        model = VoRAForCausalLM.from_parts(m["llm"], m.get("teacher"), dtype=torch.float32,
+                                           attn_implementation=spec.attn_implementation, **m["fields"])
+    else:
+        model = load_vora(m["path"], dtype=torch.float32, attn_implementation=spec.attn_implementation)
+    counts = configure_trainable(model, spec.stage)
+    return model, counts
+
+
+def wrap(model: nn.Module, strategy: str, dist: Dist) -> nn.Module:
+    model.to(dist.device)
+    if dist.world == 1:
+        return model
+    if strategy == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.llm.get_decoder().layers:
+            fully_shard(layer)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
+    """Multiplier of the base lr at optimizer step s (0-based): linear warmup to 1 by step `warmup`-1."""
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (s - warmup) / max(1, total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(params: list[nn.Parameter], s: dict) -> torch.optim.Optimizer:
+    kwargs = dict(lr=s["lr"], betas=tuple(s["adam_betas"]), eps=s["adam_eps"], weight_decay=s["weight_decay"])
+    try:  # fused: reads `found_inf` and skips a bad step on the device
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, foreach=True, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ step
+
+
+def grad_norm(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """Total grad norm (clipping to `max_norm` if given), as a device tensor (no sync)."""
+    if max_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor,
+                 max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip, then step unless the loss or the grad norm is non-finite. Returns (grad norm, finite flag).
+
+    Fused AdamW skips on the device (`found_inf`); the foreach fallback has to read the flag (one sync)."""
+    norm = grad_norm(params, max_norm)
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+    if getattr(optimizer, "defaults", {}).get("fused"):
+        optimizer.found_inf = (~finite).to(torch.float32)
+        optimizer.step()
+    elif bool(finite):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, finite
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    nb = device.type == "cuda"
+    return {
+        "input_ids": batch["input_ids"].to(device, non_blocking=nb),
+        "labels": batch["labels"].to(device, non_blocking=nb),
+        "doc_ids": batch["doc_ids"].to(device, non_blocking=nb),
+        "position_ids": batch["position_ids"].to(device, non_blocking=nb),
+        "pixel_values": [p.to(device, non_blocking=nb) for p in batch["pixel_values"]] or None,
+    }
+
+
+COUNT_KEYS = ("labels", "vision_tokens", "tokens", "slots", "samples")
+
+
+def global_counts(micro: list[dict], dist: Dist) -> torch.Tensor:
+    counts = torch.tensor([[mb["counts"][k] for k in COUNT_KEYS] for mb in micro], dtype=torch.float64)
+    totals = counts.sum(0).to(dist.device)
+    if dist.world > 1:
+        torch.distributed.all_reduce(totals)
+    return totals
+
+
+def accumulate(model: nn.Module, micro: list[dict], totals: torch.Tensor, dist: Dist, blocks: list[int],
+               distill_weight: float, autocast, ddp: bool) -> torch.Tensor:
+    """Forward/backward of the step's micro-batches. Returns [lm, distill, per-block...] (this rank's share)."""
+    n_labels = totals[0].clamp(min=1).float()
+    n_vision = totals[1].clamp(min=1).float()
+    out_vec = torch.zeros(2 + len(blocks), device=dist.device)
+    for k, mb in enumerate(micro):
+        sync = not ddp or k == len(micro) - 1
+        with (nullcontext() if sync else model.no_sync()), autocast():
+            out = model(**to_device(mb, dist.device))
+        lm = out.lm_loss.float() * out.num_label_tokens / n_labels
+        loss = lm + 0.0 * out.loss  # the zero keeps every trainable tied to the graph (DDP)
+        parts = [lm.detach()]
+        if out.distill_losses:
+            share = mb["counts"]["vision_tokens"] / n_vision
+            distill = out.distill_loss.float() * share
+            loss = loss + distill_weight * distill
+            parts += [distill.detach()] + [out.distill_losses[i].detach().float() * share for i in blocks]
+        else:
+            parts += [torch.zeros((), device=dist.device)] * (1 + len(blocks))
+        (loss * dist.world).backward()
+        out_vec += torch.stack(parts)
+    if dist.world > 1:
+        torch.distributed.all_reduce(out_vec)
+    return out_vec
+
+
+# ------------------------------------------------------------------------------------------ loop
+
+
+def _record(step: int, vec: list[float], blocks: list[int], host: dict, distill_weight: float) -> dict:
+    lm, distill = vec[0], vec[1]
+    finite = bool(vec[-1])
+    return {
+        "step": step,
+        "loss": lm + distill_weight * distill,
+        "lm_loss": lm,
+        "distill": distill if blocks else None,
+        "distill_blocks": {str(b): v for b, v in zip(blocks, vec[2:2 + len(blocks)], strict=True)},
+        "grad_norm": vec[-2],
+        "skipped": not finite,
+        **host,
+    }
+
+
+def train(spec: RunSpec) -> dict:
+    """Run (or resume) the spec's training on this rank; rank 0 writes metrics, checkpoints, `final/`."""
+    s = spec.settings
+    dist = init_distributed(s["device"])
+    if dist.device.type == "cpu" and s.get("cpu_threads"):
+        torch.set_num_threads(s["cpu_threads"])
+    seed_all(s["seed"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+    model, trainable_counts = build_model(spec)
+    if s["grad_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    module = model
+    wrapped = wrap(model, s["strategy"], dist)
+    model.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    blocks = list(module.config.distill_blocks) if spec.stage == "pretrain" else []
+    distill_weight = float(module.config.distill_weight)
+
+    builder = SampleBuilder(tokenizer, module.config, spec.transform, s["seq_len"], s["system_prompt"])
+    lengths = open_index(spec.index).column("length").to_numpy()
+    rows_per_step = s["micro_batch"] * s["grad_accum"]
+    plans = EpochPlans(lengths, s["seq_len"], s["packing"], s["seed"], dist.rank, dist.world, rows_per_step)
+    steps_per_epoch = plans.steps_per_epoch(0)
+    total = s["steps"] if s["steps"] is not None else max(1, math.ceil(s["epochs"] * steps_per_epoch))
+
+    optimizer = make_optimizer(params, s)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(s["schedule"], s["warmup_steps"], total, s["min_lr_ratio"]))
+    state = {"step": 0, "position": [0, 0], "nan_run": 0, "nan_steps": 0, "tokens": 0, "samples": 0,
+             "seconds": 0.0}
+    resume_from = checkpoint.latest(spec.checkpoints)
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, wrapped, module, optimizer, scheduler, dist.rank, dist.world)
+        if dist.main:
+            truncate_metrics(spec.metrics, state["step"])
+        log.info("rank %d: resumed from %s (step %d)", dist.rank, resume_from, state["step"])
+    elif dist.main and spec.metrics.exists():
+        spec.metrics.unlink()  # a fresh run: no stale lines from a run without checkpoints
+
+    use_bf16 = s["precision"] == "bf16" or (s["precision"] == "auto" and dist.device.type == "cuda")
+    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    dataset = PackDataset(spec.index, builder)
+    loader = build_loader(dataset, plans, tuple(state["position"]), s["micro_batch"], s["num_workers"],
+                          tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                          pin_memory=dist.device.type == "cuda")
+    batches = iter(loader)
+    metrics = MetricsLog(spec.metrics) if dist.main else None
+    ddp = dist.world > 1 and s["strategy"] == "ddp"
+    # Audit trail (tests, debugging): which samples each rank trained on, and its weights at the end.
+    trace_dir = Path(spec.out_dir) / "data_trace" if spec.extra.get("trace_data") else None
+    trace = MetricsLog(trace_dir / f"rank-{dist.rank}.jsonl") if trace_dir is not None else None
+    pending: tuple | None = None
+    if dist.main:
+        print(f"[train] {spec.stage}: {total} steps ({steps_per_epoch} per epoch), world {dist.world}, "
+              f"trainable {trainable_counts['trainable']:,} / frozen {trainable_counts['frozen']:,}, "
+              f"start at step {state['step']}", flush=True)
+
+    def flush() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        step, vec, host = pending
+        pending = None
+        record = _record(step, vec.tolist(), blocks, host, distill_weight)
+        state["nan_run"] = state["nan_run"] + 1 if record["skipped"] else 0
+        state["nan_steps"] += int(record["skipped"])
+        record["nan_steps"] = state["nan_steps"]
+        if metrics is not None:
+            metrics.write(record)
+            if step % 10 == 0 or step == total:
+                print(f"[train] step {step}/{total} loss {record['loss']:.4f} lm {record['lm_loss']:.4f} "
+                      f"lr {record['lr']:.3g} tok/s {record['tokens_per_s']:.0f}", flush=True)
+        if state["nan_run"] >= s["nan_tolerance"]:
+            last = checkpoint.latest(spec.checkpoints)
+            raise TrainingDiverged(
+                f"{spec.stage}: {state['nan_run']} non-finite steps in a row (up to step {step}; nan_tolerance "
+                f"{s['nan_tolerance']}); stopped. Last good checkpoint: {last or 'none'}. Lower the lr, check the "
+                "data, or raise nan_tolerance"
+            )
+
+    try:
+        while state["step"] < total:
+            started = time.perf_counter()
+            micro = [next(batches) for _ in range(s["grad_accum"])]
+            data_wait = time.perf_counter() - started
+            totals = global_counts(micro, dist)
+            lr = scheduler.get_last_lr()[0]
+            vec = accumulate(wrapped, micro, totals, dist, blocks, distill_weight, autocast, ddp)
+            loss = vec[0] + distill_weight * vec[1]
+            norm, finite = guarded_step(optimizer, params, loss, s["max_grad_norm"])
+            scheduler.step()
+            state["step"] += 1
+            epoch, index = micro[-1]["positions"][-1]
+            state["position"] = [epoch, index + 1]
+            if trace is not None:
+                trace.write({"step": state["step"], "rank": dist.rank,
+                             "samples": [i for mb in micro for e, k in mb["positions"] for i in plans(e)[k]]})
+            flush()  # the previous step's metrics: this step is already queued
+            host_counts = {k: sum(mb["counts"][k] for mb in micro) for k in COUNT_KEYS}
+            elapsed = time.perf_counter() - started
+            # Host counts of all ranks ~ this rank's × world (ranks get equal rows; the exact global
+            # label/vision counts are in `totals`, used for the loss).
+            tokens = host_counts["tokens"] * dist.world
+            samples = host_counts["samples"] * dist.world
+            state["tokens"] += tokens
+            state["samples"] += samples
+            state["seconds"] += elapsed
+            host = {
+                "lr": lr, "epoch": epoch, "total_steps": total, "tokens": tokens, "samples": samples,
+                "padding_fraction": 1.0 - host_counts["tokens"] / max(1, host_counts["slots"]),
+                "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed,
+                "step_s": elapsed, "data_wait_s": data_wait,
+            }
+            pending = (state["step"], torch.cat([vec, norm.reshape(1).float(), finite.reshape(1).float()]), host)
+            if state["step"] % s["checkpoint_every"] == 0 or state["step"] == total:
+                flush()
+                saved = checkpoint.save(spec.checkpoints, state["step"], wrapped, module, optimizer, scheduler,
+                                        dict(state), dist.rank, dist.world)
+                if dist.main:
+                    checkpoint.rotate(spec.checkpoints, s["keep_last"])
+                    metrics.sync()
+                    plot_loss(read_metrics(spec.metrics), spec.loss_png, f"{spec.stage}")
+                    print(f"[train] checkpoint {saved}", flush=True)
+        flush()
+    finally:
+        del batches
+        if metrics is not None:
+            metrics.close()
+        if trace is not None:
+            trace.close()
+    if trace_dir is not None:
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous().cpu() for n, p in module.named_parameters() if p.requires_grad},
+                  str(trace_dir / f"rank-{dist.rank}.safetensors"))
+
+    save_final(spec, wrapped, module, tokenizer, dist)
+    stats = {"steps": state["step"], "tokens": state["tokens"], "samples": state["samples"],
+             "nan_steps": state["nan_steps"], "world": dist.world, "trainable": trainable_counts["trainable"]}
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return stats
+
+
+def save_final(spec: RunSpec, model: nn.Module, module: nn.Module, tokenizer, dist: Dist) -> Path | None:
+    """`final/`: an HF directory (pretrain: the VoRA model with LoRA + teacher + heads, what merge reads;
+    finetune: the full merged-architecture model), written atomically by rank 0."""
+    from vora_core.model.image_processing import save_image_processor
+    from vora_core.model.modeling import save_vora
+
+    state_dict: dict[str, Any] | None = None
+    if spec.settings["strategy"] == "fsdp2" and dist.world > 1:
+        state_dict = checkpoint.get_model_state_dict(model, options=checkpoint.FULL)
+    if not dist.main:
+        return None
+    with atomic_path(spec.final) as tmp:
+        if state_dict is None:
+            save_vora(module, tmp, tokenizer)
+        else:
+            module.save_pretrained(str(tmp), state_dict=state_dict)
+            tokenizer.save_pretrained(str(tmp))
+            save_image_processor(module.config, tmp)
+    return spec.final

@@ -1,0 +1,356 @@
+"""The pretrain and finetune stages: one unit each (the training run), output `<stage>/final`.
+
+run_unit:
+1. (pretrain, `model.llm: tiny`) build the demo's tiny models into `<workdir>/models/`: a byte-level
+   BPE tokenizer trained on the run's own mixture text + a tiny Qwen2 (`models/llm`), and a tiny
+   AIMv2 teacher (`models/teacher`, `model.teacher: tiny`). Built once (marker), reused after.
+2. the sample index `<stage>/samples.arrow` (tokenised lengths for packing; rebuilt when the
+   mixture, tokenizer or sequence settings change);
+3. `torchrun` (vora_core.train.launch) — it resumes from the newest checkpoint by itself;
+4. `final/` is renamed into place by rank 0; the unit's marker `final.done.json` follows.
+
+pretrain builds VoRA from the LLM + teacher (LoRA + vision embedding + distillation heads train);
+finetune loads the merged model (`<workdir>/merged`) and trains every LLM parameter + the vision
+embedding. A finished unit is skipped on rerun unless its settings or inputs changed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vora_core.catalog import Catalog, ModelSettings, TrainSettings
+from vora_core.errors import StageError
+from vora_core.train.metrics import read_metrics
+from vora_core.train.samples import SampleBuilder, build_index, mixture_files
+from vora_core.train.spec import RunSpec
+from vora_core.train.transforms import RESIZE_OF, check_transform
+from vora_core.workdir import (
+    RunDir,
+    Unit,
+    atomic_write_text,
+    fingerprint,
+    is_done,
+    read_marker,
+    run_unit_with_marker,
+    write_marker,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "finetune")
+# Settings that do not change what is trained (where it runs, how often it saves).
+OPERATIONAL = ("num_workers", "checkpoint_every", "keep_last", "device", "cpu_threads", "rdzv_endpoint",
+               "node_rank", "nnodes", "nproc_per_node", "strategy", "grad_checkpointing")
+SEQUENCE_SETTINGS = ("seq_len", "system_prompt")
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def settings_of(catalog: Catalog, stage: str) -> TrainSettings:
+    if stage not in STAGES:
+        raise StageError(f"{stage!r} is not a training stage ({', '.join(STAGES)})")
+    return getattr(catalog, stage)
+
+
+def mixture_dir(catalog: Catalog, stage: str) -> Path:
+    s = settings_of(catalog, stage)
+    return Path(s.mixture) if s.mixture else catalog.run.mixture(stage)
+
+
+def files_identity(paths: list[str | Path]) -> list:
+    out = []
+    for p in map(Path, paths):
+        st = p.stat()
+        out.append([p.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def dir_identity(path: Path) -> list:
+    """A model directory: its stage marker's fingerprint when it has one, else its files."""
+    marker = read_marker(path)
+    if marker is not None:
+        return ["marker", marker.get("fingerprint")]
+    if not path.is_dir():
+        return ["missing", str(path)]
+    return files_identity(sorted(p for p in path.iterdir() if p.is_file()))
+
+
+def _is_tiny(name: str | None) -> bool:
+    return name == "tiny"
+
+
+# ------------------------------------------------------------------------------------ tiny models
+
+
+def mixture_texts(run: RunDir, dirs: list[Path]) -> list[str]:
+    """Every message content of the given mixtures (the tiny tokenizer's training text)."""
+    import pyarrow.parquet as pq
+
+    texts: list[str] = []
+    for d in dirs:
+        for f in sorted(glob.glob(str(d / "part-*.parquet"))):
+            for messages in pq.read_table(f, columns=["messages"]).column("messages").to_pylist():
+                texts += [m["content"] for m in messages or []]
+    return texts
+
+
+def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
+    """The demo's LLM (+ tokenizer on the run's own text) and teacher, built once into <workdir>/models/."""
+    from vora_core.model.tiny import build_tiny_llm, build_tiny_teacher, train_tokenizer
+    from vora_core.workdir import atomic_path
+
+    m = catalog.model
+    t = m.tiny
+    root = catalog.run.root / "models"
+    out: dict[str, Path] = {}
+    if _is_tiny(m.llm):
+        llm_dir = root / "llm"
+        dirs = [mixture_dir(catalog, s) for s in STAGES]
+        present = [d for d in dirs if glob.glob(str(d / "part-*.parquet"))]
+        fp = fingerprint("tiny-llm", t.model_dump(), [files_identity(mixture_files(d)) for d in present])
+        if not (llm_dir.exists() and is_done(llm_dir, fp)):
+            texts = mixture_texts(catalog.run, present)
+            if not texts:
+                raise StageError(f"no mixture text under {catalog.run.root / 'mixture'} to train the tiny tokenizer "
+                                 "on; run the mix stage first")
+            tokenizer = train_tokenizer(texts, vocab_size=t.vocab_size, seed=t.seed)
+            with atomic_path(llm_dir) as tmp:
+                build_tiny_llm(tmp, tokenizer, hidden_size=t.hidden_size, num_hidden_layers=t.layers,
+                               num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,
+                               intermediate_size=t.intermediate_size, seed=t.seed)
+            write_marker(llm_dir, fp, {"texts": len(texts), "vocab": len(tokenizer)})
+        out["llm"] = llm_dir
+    if _is_tiny(m.teacher):
+        teacher_dir = root / "teacher"
+        fp = fingerprint("tiny-teacher", t.model_dump(), m.image_size, m.patch_size)
+        if not (teacher_dir.exists() and is_done(teacher_dir, fp)):
+            with atomic_path(teacher_dir) as tmp:
+                build_tiny_teacher(tmp, image_size=m.image_size, patch_size=m.patch_size,
+                                   hidden_size=t.teacher_hidden_size, num_hidden_layers=t.teacher_layers,
+                                   num_attention_heads=t.teacher_heads,
+                                   intermediate_size=t.teacher_intermediate_size, seed=t.seed)
+            write_marker(teacher_dir, fp, {})
+        out["teacher"] = teacher_dir
+    return out
+
+
+def model_paths(catalog: Catalog) -> tuple[str, str | None]:
+    """(llm, teacher) names or directories, tiny ones resolved to <workdir>/models/."""
+    m = catalog.model
+    root = catalog.run.root / "models"
+    llm = str(root / "llm") if _is_tiny(m.llm) else m.llm
+    teacher = None if m.teacher is None else str(root / "teacher") if _is_tiny(m.teacher) else m.teacher
+    return llm, teacher
+
+
+# ---------------------------------------------------------------------------------- model configs
+
+
+def teacher_normalisation(teacher: str | None) -> dict[str, list[float]]:
+    """image_mean / image_std from the teacher's image processor (the student sees the same pixels)."""
+    if teacher is None:
+        return {}
+    path = Path(teacher) / "preprocessor_config.json"
+    if path.exists():
+        cfg = json.loads(path.read_text())
+    else:
+        try:
+            from transformers import AutoImageProcessor
+
+            cfg = AutoImageProcessor.from_pretrained(teacher).to_dict()
+        except (OSError, ValueError):
+            return {}
+    return {k: list(cfg[k]) for k in ("image_mean", "image_std") if cfg.get(k) is not None}
+
+
+def pretrain_fields(m: ModelSettings, teacher: str | None, image_token_id: int | None) -> dict[str, Any]:
+    fields = dict(
+        lora_rank=m.lora_rank, lora_layers=m.lora_layers, vision_attention=m.vision_attention,
+        distill=m.distill if teacher is not None else "none", distill_weight=m.distill_weight,
+        image_size=m.image_size, patch_size=m.patch_size, max_image_tokens=m.max_image_tokens,
+        image_resize=RESIZE_OF[m.transform], image_token_id=image_token_id, **teacher_normalisation(teacher),
+    )
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def model_config(model: dict[str, Any]):
+    """The VoRA config of a spec's model without loading any weights."""
+    from transformers import AutoConfig
+
+    from vora_core.model.config import VoRAConfig
+
+    if model["init"] == "dir":
+        return AutoConfig.from_pretrained(model["path"])
+    teacher = AutoConfig.from_pretrained(model["teacher"]) if model.get("teacher") else None
+    if teacher is not None and hasattr(teacher, "vision_config") and teacher.model_type != "aimv2_vision_model":
+        teacher = teacher.vision_config
+    return VoRAConfig(text_config=AutoConfig.from_pretrained(model["llm"]), teacher_config=teacher, **model["fields"])
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise StageError(f"cannot load a tokenizer from {path} ({e}); the model directory needs one") from None
+
+
+# ------------------------------------------------------------------------------------------ specs
+
+
+def prepare_spec(stage: str, out_dir: str | Path, mixture: str | Path, run: RunDir, model: dict[str, Any],
+                 tokenizer_dir: str, settings: TrainSettings, transform: str,
+                 attn_implementation: str = "sdpa") -> tuple[RunSpec, dict]:
+    """Build (or reuse) the sample index and return the run's spec and the index stats."""
+    out_dir = Path(out_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    config = model_config(model)
+    check_transform(config, transform)
+    if config.image_token_id is None:
+        raise StageError(f"the tokenizer in {tokenizer_dir} has no {config.image_token} token; VoRA needs one "
+                         "as the image placeholder")
+    dumped = settings.model_dump(mode="json")
+    index = out_dir / "samples.arrow"
+    geometry = {k: getattr(config, k) for k in ("image_size", "patch_size", "max_image_tokens", "image_resize",
+                                                 "image_token_id")}
+    fp = fingerprint("index", files_identity(mixture_files(mixture)), str(Path(tokenizer_dir).resolve()),
+                     dir_identity(Path(tokenizer_dir)), geometry, transform, {k: dumped[k] for k in SEQUENCE_SETTINGS})
+    if index.exists() and is_done(index, fp):
+        stats = read_marker(index)["stats"]
+    else:
+        builder = SampleBuilder(tokenizer, config, transform, settings.seq_len, settings.system_prompt)
+        stats = build_index(mixture, run, builder, index, workers=max(1, settings.num_workers))
+        write_marker(index, fp, stats)
+    spec = RunSpec(stage=stage, out_dir=str(out_dir), index=str(index), tokenizer=tokenizer_dir, model=model,
+                   settings=dumped, transform=transform, attn_implementation=attn_implementation)
+    return spec, stats
+
+
+def stage_model(catalog: Catalog, stage: str) -> tuple[dict[str, Any], str]:
+    """(model spec, tokenizer directory) of a stage."""
+    if stage == "pretrain":
+        llm, teacher = model_paths(catalog)
+        tokenizer = load_tokenizer(llm)
+        image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+            image_token_id = None
+        fields = pretrain_fields(catalog.model, teacher, image_token_id)
+        return {"init": "parts", "llm": llm, "teacher": teacher, "fields": fields}, llm
+    path = catalog.finetune.model or str(catalog.run.stage_dir("merge"))
+    if not (Path(path) / "config.json").exists():
+        raise StageError(f"finetune: {path} is not a model directory; run the merge stage first or set finetune.model")
+    return {"init": "dir", "path": path}, path
+
+
+def plan(catalog: Catalog, stage: str) -> list[Unit]:
+    """One unit: the training run. Its fingerprint covers the settings that change the result, the
+    mixture files and the input models."""
+    settings = settings_of(catalog, stage).model_dump(mode="json")
+    trained = {k: v for k, v in settings.items() if k not in OPERATIONAL}
+    world = settings["nproc_per_node"] * settings["nnodes"]  # the data order depends on it
+    mix = mixture_dir(catalog, stage)
+    mix_id = files_identity(sorted(glob.glob(str(mix / "part-*.parquet"))))
+    if stage == "pretrain":
+        llm, teacher = model_paths(catalog)
+        inputs = [catalog.model.model_dump(mode="json"),
+                  dir_identity(Path(llm)) if Path(llm).exists() else llm,
+                  (dir_identity(Path(teacher)) if Path(teacher).exists() else teacher) if teacher else None]
+    else:
+        path = Path(catalog.finetune.model or catalog.run.stage_dir("merge"))
+        inputs = [catalog.model.transform, catalog.model.attn_implementation, dir_identity(path)]
+    fp = fingerprint(stage, trained, world, mix_id, inputs)
+    out = catalog.run.stage_dir(stage) / "final"
+    return [Unit(stage=stage, id=stage, output=str(out), fingerprint=fp, params={"mixture": str(mix)})]
+
+
+def fresh_start_if_stale(out_dir: Path, unit: Unit) -> None:
+    """Checkpoints resume only the run they belong to: when the unit's fingerprint changed (other
+    settings, mixture or model) or the unit is forced (its marker still matches), the old checkpoints,
+    metrics and curve go and training starts from step 0."""
+    ident = out_dir / "run.fingerprint"
+    stale = unit.done or (ident.exists() and ident.read_text().strip() != unit.fingerprint)
+    if stale:
+        log.info("%s: settings or inputs changed (or forced): starting from step 0", unit.stage)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "loss.png", "train.log"):
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ident, unit.fingerprint + "\n")
+
+
+def run_unit(catalog: Catalog, unit: Unit, on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Build the tiny models if asked, the sample index, then train under torchrun."""
+    stage = unit.stage
+    settings = settings_of(catalog, stage)
+    fresh_start_if_stale(catalog.run.stage_dir(stage), unit)
+    if stage == "pretrain":
+        build_tiny_models(catalog)
+    model, tokenizer_dir = stage_model(catalog, stage)
+    spec, index_stats = prepare_spec(stage, catalog.run.stage_dir(stage), unit.params["mixture"], catalog.run, model,
+                                     tokenizer_dir, settings, catalog.model.transform,
+                                     catalog.model.attn_implementation)
+    from vora_core.train.launch import launch
+
+    stats = launch(spec, on_progress=on_progress, run_id=f"{catalog.name}-{stage}")
+    return {**stats, **summarise(spec.metrics), "index": index_stats, "final": str(spec.final)}
+
+
+def summarise(metrics_path: Path) -> dict:
+    """Final losses and mean throughput from metrics.jsonl (for markers and table artifacts)."""
+    rows = [r for r in read_metrics(metrics_path) if not r.get("skipped")]
+    if not rows:
+        return {}
+    last = rows[-1]
+    tail = rows[len(rows) // 2:] or rows  # steady state: the first steps include warm-up costs
+    return {
+        "final_loss": last["loss"], "final_lm_loss": last["lm_loss"], "final_distill": last.get("distill"),
+        "tokens_per_s": sum(r["tokens"] for r in tail) / max(1e-9, sum(r["step_s"] for r in tail)),
+        "samples_per_s": sum(r["samples"] for r in tail) / max(1e-9, sum(r["step_s"] for r in tail)),
+        "padding_fraction": sum(r["padding_fraction"] for r in rows) / len(rows),
+        "first_loss": rows[0]["loss"],
+    }
+
+
+def run_stage(catalog: Catalog, stage: str, force: bool = False,
+              on_progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """The stage without Prefect (what the flow's task does)."""
+    return [run_unit_with_marker(u, lambda unit: run_unit(catalog, unit, on_progress), force=force)
+            for u in plan(catalog, stage)]
+
+
+def summary(catalog: Catalog, stage: str) -> list[dict]:
+    """One row per unit for status tables and artifacts."""
+    rows = []
+    for unit in plan(catalog, stage):
+        stats = (read_marker(unit.output) or {}).get("stats", {}) if unit.done else {}
+        live = summarise(catalog.run.stage_dir(stage) / "metrics.jsonl") if not stats else {}
+        rows.append({
+            "unit": unit.id, "done": bool(stats), "steps": stats.get("steps"), "tokens": stats.get("tokens"),
+            "samples": stats.get("samples"), "final_loss": _round(stats.get("final_loss", live.get("final_loss"))),
+            "final_lm_loss": _round(stats.get("final_lm_loss", live.get("final_lm_loss"))),
+            "final_distill": _round(stats.get("final_distill", live.get("final_distill"))),
+            "tokens_per_s": _round(stats.get("tokens_per_s", live.get("tokens_per_s")), 1),
+            "nan_steps": stats.get("nan_steps"), "seconds": stats.get("seconds"), "output": unit.output,
+        })
+    return rows
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, digits)
+
+
+def pretrain_summary(catalog: Catalog) -> list[dict]:
+    return summary(catalog, "pretrain")
+
+
+def finetune_summary(catalog: Catalog) -> list[dict]:
+    return summary(catalog, "finetune")
