@@ -25,13 +25,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(BIN)/vora run $(CATALOG)
 	$(BIN)/vora status $(CATALOG)
-	@echo "Results are in the catalog's workdir (runs/demo for the demo): shards/, captions/, manifest.duckdb."
+	@echo "Results are in the catalog's workdir (runs/demo for the demo):"
+	@echo "  eval summary:  runs/demo/eval/summary.json (per benchmark: eval/<benchmark>/scores.json, predictions.jsonl)"
+	@echo "  loss curves:   runs/demo/pretrain/loss.png, runs/demo/finetune/loss.png (metrics.jsonl next to them)"
+	@echo "  models:        runs/demo/pretrain/final, runs/demo/merged, runs/demo/finetune/final (vora chat DIR ...)"
+	@echo "  data:          runs/demo/shards, captions, text, mixture; manifest.duckdb (DuckDB views over them)"
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup
-	$(BIN)/ruff check vora_core flows tests benchmarks
+	$(BIN)/ruff check vora_core flows tests benchmarks scripts
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

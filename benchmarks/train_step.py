@@ -7,14 +7,17 @@ embeddings (target: < 3 % at a 4k-token batch).
 
     .venv/bin/python benchmarks/train_step.py                      # DESIGN's reference-sized config
     .venv/bin/python benchmarks/train_step.py --hidden 128 --layers 4 --steps 2   # quick
+    .venv/bin/python benchmarks/train_step.py --loader   # packing vs padding, loader vs step (benchmarks/train_loader.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from transformers import Aimv2VisionConfig, Qwen2Config
@@ -91,7 +94,15 @@ def main() -> None:
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flex_attention"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loader", action="store_true",
+                        help="instead: packing vs padding and the data loader vs the step, through the stage code")
     args = parser.parse_args()
+    if args.loader:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from train_loader import run
+
+        run()
+        return
 
     torch.manual_seed(args.seed)
     text = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,

@@ -14,13 +14,13 @@ from vora_core.manifest import open_manifest
 def mix_flow(catalog_path: str, force: bool = False) -> list[dict]:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
-    units = mix.plan(catalog)
     # Text units first: the mixtures read their output (a failed text unit stops the stage here).
-    text = [u for u in units if u.params["kind"] == "text"]
+    text = [u for u in mix.plan(catalog) if u.params["kind"] == "text"]
     results = map_units(catalog, catalog_path, "mix-text", text, "vora_core.mix:run_unit", force=force)
     open_manifest(catalog.run).close()  # the text views now see the new parts (and llava's shards)
-    results += map_units(catalog, catalog_path, "mix", [u for u in units if u not in text], "vora_core.mix:run_unit",
-                         force=force)
+    # Planned again: a mixture's fingerprint covers the text units' outputs, which now exist.
+    mixtures = [u for u in mix.plan(catalog) if u.params["kind"] == "mixture"]
+    results += map_units(catalog, catalog_path, "mix", mixtures, "vora_core.mix:run_unit", force=force)
     open_manifest(catalog.run).close()
     publish_table(catalog, "mix", mix.summary(catalog),
                   "mix: text sources (rows written / rejected by reason) and mixtures (rows per source and kind)")

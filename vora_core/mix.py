@@ -4,15 +4,15 @@ Units, in order: `text:<source>` (vora_core.data.text.ingest → `text/<source>/
 `mixture:pretrain` and `mixture:finetune` (`mixture/<stage>/part-*.parquet` + `stats.json`).
 
 A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
-* caption samples: downloaded images with a caption under the policy (`recap` | `alt` |
-  `recap_or_alt`), minimum side and caption-flag filters, one image per sha256 across sources, and a
-  prompt chosen per sample by hash(seed, sample_id) from the catalog's list;
+* caption samples: downloaded images of sufficient size, one per sha256 across sources (the smallest
+  sample_id), with a caption under the policy (`recap` | `alt` | `recap_or_alt`) not carrying an
+  excluded flag, and a prompt chosen per sample by hash(seed, sample_id) from the catalog's list;
+  written in batches of shards (one part each) so the captions join never spills;
 * text/VQA sources by `repeat` (a factor on the source's rows) or `weight` (a share of the final
   mixture). Counts are exact integers. A fractional copy takes the rows whose rank under a seeded
   affine permutation of the dense row index `idx` is below the remainder — exact, deterministic and
   without sorting the source.
-Part files are written per caption set and per text source; the only ordering is within the caption
-part (by image id, for byte-identical reruns). The loader shuffles.
+Nothing is sorted: every part keeps its inputs' file order (byte-identical reruns); the loader shuffles.
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ def mixture_unit(catalog: Catalog, stage: str) -> Unit:
     root = catalog.run.root
     captions = []
     if m.captions is not None:
-        captions = [_files(str(root / "shards" / "*" / "*.parquet")), _files(str(root / "captions" / "*" / "*.parquet"))]
+        for source in caption_sources(catalog, m):
+            captions.append(_files(str(root / "shards" / source / "?????.parquet")))
+            if m.captions.policy != "alt":
+                captions.append(_files(str(root / "captions" / source / "*.parquet")))
     texts = {name: text_unit(catalog, name).fingerprint for name in m.text}
     fp = fingerprint("mixture", stage, m.model_dump(mode="json"), captions, texts)
     return Unit(stage=STAGE, id=f"mixture:{stage}", output=str(catalog.run.mixture(stage)), fingerprint=fp,
@@ -83,8 +86,9 @@ def mixture_unit(catalog: Catalog, stage: str) -> Unit:
 
 
 def plan(catalog: Catalog) -> list[Unit]:
-    """Text units first (the mixtures read them), then one unit per mixture."""
-    return [text_unit(catalog, n) for n in catalog.text_sources] + [mixture_unit(catalog, s) for s in MIXTURES]
+    """Text units first (the mixtures read them), then one unit per configured mixture."""
+    configured = [s for s in MIXTURES if getattr(catalog.mix, s).captions is not None or getattr(catalog.mix, s).text]
+    return [text_unit(catalog, n) for n in catalog.text_sources] + [mixture_unit(catalog, s) for s in configured]
 
 
 def run_unit(catalog: Catalog, unit: Unit) -> dict:
@@ -128,43 +132,116 @@ def largest_remainder(shares: dict[str, float], total: int) -> dict[str, int]:
     return counts
 
 
-def caption_sql(catalog: Catalog, m: MixtureSettings) -> tuple[str, str]:
-    """(the caption samples' SELECT, the funnel counts' SELECT) over the `images` and `captions` views."""
+def caption_sources(catalog: Catalog, m: MixtureSettings) -> list[str]:
+    """The image sources a mixture's captions come from (never a llava text source's shards)."""
+    assert m.captions is not None
+    return list(m.captions.sources or catalog.sources)
+
+
+CAPTION_BATCH_ROWS = 2_000_000  # image rows per caption part: the join's build side stays in memory
+
+
+def caption_batches(catalog: Catalog, m: MixtureSettings) -> list[tuple[str, list[str]]]:
+    """(source, shard names) groups of about CAPTION_BATCH_ROWS image rows, in source then shard order."""
+    import pyarrow.parquet as pq
+
+    batches: list[tuple[str, list[str]]] = []
+    for source in caption_sources(catalog, m):
+        group, rows = [], 0
+        for f in sorted(glob.glob(str(catalog.run.shards(source) / "?????.parquet"))):
+            group.append(Path(f).stem)
+            rows += pq.ParquetFile(f).metadata.num_rows
+            if rows >= CAPTION_BATCH_ROWS:
+                batches.append((source, group))
+                group, rows = [], 0
+        if group:
+            batches.append((source, group))
+    return batches
+
+
+def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[str, str, str]:
+    """Over the `images` and `captions` views: the duplicated images (COPY into `dups_file`), the image
+    funnel's counts, and the caption samples' SELECT of one batch (`{source}` and `{shards}` filled in).
+
+    Why this shape: at paper scale (30M images) one hash join holding every caption, or a sort,
+    spills to disk many times over. So dedup comes first, over the images alone: one image per sha256
+    (the smallest sample_id of sufficient size), kept as a small file of the sha256s seen more than
+    once (as 64-bit hashes; a false collision, p ~ 2e-5 at 30M images, would cost one image and never
+    give an image a wrong caption). Then each batch of shards joins its own captions (file filters
+    prune the views to those shards), so the build side stays small."""
     c = m.captions
     assert c is not None
-    where = ["i.status = 'success'"] + ([f"i.source IN ({', '.join(_q(s) for s in c.sources)})"] if c.sources else [])
+    sources = f"i.source IN ({', '.join(_q(s) for s in caption_sources(catalog, m))})"
+    big = f"least(i.width, i.height) >= {c.min_side}"
+    dups = f"""
+        COPY (SELECT h, min(image) AS image, count(*) AS copies FROM (
+                  SELECT hash(coalesce(i.sha256, i.sample_id)) AS h, i.sample_id AS image
+                  FROM images i WHERE {sources} AND {big})
+              GROUP BY h HAVING count(*) > 1) TO {_q(dups_file)} (FORMAT parquet)"""
+    funnel = f"""
+        SELECT count(*) AS images, count(*) FILTER (WHERE NOT ({big})) AS too_small,
+               (SELECT coalesce(sum(copies - 1), 0) FROM read_parquet({_q(dups_file)}))::BIGINT AS duplicates
+        FROM images i WHERE {sources}"""
     recap = (f"CASE WHEN trim(coalesce(c.caption, '')) <> '' AND NOT list_has_any(coalesce(c.flags, []), "
              f"{_list(list(c.exclude_flags))}) THEN c.caption END")
     alt = "nullif(trim(i.alt_text), '')"
-    text = {"recap": "recap", "alt": "alt", "recap_or_alt": "coalesce(recap, alt)"}[c.policy]
-    base = f"""
-        WITH cand AS (
-            SELECT i.sample_id AS image, i.source, coalesce(i.sha256, i.sample_id) AS dedup_key,
-                   least(i.width, i.height) >= {c.min_side} AS big_enough, {recap} AS recap, {alt} AS alt
-            FROM images i LEFT JOIN captions c ON c.sample_id = i.sample_id
-            WHERE {' AND '.join(where)}
-        ), chosen AS (
-            SELECT image, source, dedup_key, {text} AS text FROM cand WHERE big_enough AND {text} IS NOT NULL
-        ), unique_images AS (
-            SELECT * FROM chosen QUALIFY row_number() OVER (PARTITION BY dedup_key ORDER BY image) = 1
-        )"""
+    text = {"recap": recap, "alt": alt, "recap_or_alt": f"coalesce({recap}, {alt})"}[c.policy]
+    # The alt policy needs no recaption at all: skip the join.
+    join = ("" if c.policy == "alt" else
+            "LEFT JOIN (SELECT * FROM captions WHERE source = '{source}' AND shard IN ({shards})) c "
+            "ON c.sample_id = i.sample_id")
     prompts = _list(c.prompts)
-    select = base + f"""
-        SELECT 'cap/' || image || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END AS sample_id,
-               'caption' AS kind, source, image,
+    rep = "" if c.repeat == 1 else f", unnest(range({c.repeat})) AS rep"
+    sample_id = "'cap/' || image" + ("" if c.repeat == 1 else " || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END")
+    select = f"""
+        SELECT {sample_id} AS sample_id, 'caption' AS kind, source, image,
                [struct_pack(role := 'user', content := '<image>' || chr(10) ||
                     list_extract({prompts}, 1 + (hash({m.seed}, image) % {len(c.prompts)})::BIGINT)),
                 struct_pack(role := 'assistant', content := text)] AS messages,
                source AS weight_source
-        FROM unique_images, range({c.repeat}) r(rep)
-        ORDER BY image, rep"""
-    funnel = base + """
-        SELECT (SELECT count(*) FROM cand) AS images,
-               (SELECT count(*) FROM cand WHERE NOT big_enough) AS too_small,
-               (SELECT count(*) FROM cand WHERE big_enough) - (SELECT count(*) FROM chosen) AS no_caption,
-               (SELECT count(*) FROM chosen) - (SELECT count(*) FROM unique_images) AS duplicates,
-               (SELECT count(*) FROM unique_images) AS used"""
-    return select, funnel
+        FROM (SELECT *{rep} FROM (
+            SELECT i.sample_id AS image, i.source, hash(coalesce(i.sha256, i.sample_id)) AS h, {text} AS text
+            FROM images i {join}
+            WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big})
+        WHERE text IS NOT NULL AND (h NOT IN (SELECT h FROM read_parquet({_q(dups_file)}))
+                                    OR image IN (SELECT image FROM read_parquet({_q(dups_file)}))))"""
+    return dups, funnel, select
+
+
+def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Path) -> tuple[dict, int]:
+    """The caption parts `part-00000…` (one per batch) and the funnel; returns (funnel, parts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert m.captions is not None
+    dups_file = str(out / "_dups.parquet")
+    dups, funnel_sql, select = caption_sql(catalog, m, dups_file)
+    con.execute(dups)
+    images, too_small, duplicates = con.execute(funnel_sql).fetchall()[0]
+    batches = caption_batches(catalog, m)
+
+    def write(i: int) -> int:
+        # One thread per batch, each batch single-threaded: the images view streams as the join's probe
+        # side in file order, so every part is byte-identical on a rerun without an ORDER BY (DuckDB's
+        # parallel probe does not keep insertion order); batches run side by side on the cores.
+        source, shards = batches[i]
+        cur = con.cursor()
+        try:
+            cur.execute("SET threads = 1; SET preserve_insertion_order = true; "
+                        "SET disabled_optimizers = 'build_side_probe_side'")
+            sql = select.replace("{source}", source.replace("'", "''")).replace(
+                "{shards}", ", ".join(_q(s) for s in shards))
+            return cur.execute(f"COPY ({sql}) TO {_q(str(out / f'part-{i:05d}.parquet'))} "
+                               "(FORMAT parquet)").fetchall()[0][0]
+        finally:
+            cur.close()
+
+    with ThreadPoolExecutor(max_workers=catalog.mix.threads) as pool:
+        rows = sum(pool.map(write, range(len(batches))))
+    Path(dups_file).unlink()
+    used = rows // m.captions.repeat
+    funnel = {"images": images, "too_small": too_small, "no_caption": images - too_small - duplicates - used,
+              "duplicates": duplicates, "used": used}
+    return funnel, len(batches)
 
 
 def text_sql(name: str, files: list[str], n: int, count: int, seed: int) -> str:
@@ -204,12 +281,8 @@ def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
             tmp.mkdir(parents=True)
             part, funnel, caption_rows = 0, None, 0
             if m.captions is not None:
-                select, funnel_sql = caption_sql(catalog, m)
-                funnel = dict(zip(["images", "too_small", "no_caption", "duplicates", "used"],
-                                  con.execute(funnel_sql).fetchall()[0], strict=True))
+                funnel, part = write_caption_parts(con, catalog, m, tmp)
                 caption_rows = funnel["used"] * m.captions.repeat
-                con.execute(f"COPY ({select}) TO {_q(str(tmp / f'part-{part:05d}.parquet'))} (FORMAT parquet)")
-                part += 1
             files, rows = {}, {}
             for name in m.text:
                 files[name] = sorted(glob.glob(str(catalog.run.text(name) / "part-*.parquet")))

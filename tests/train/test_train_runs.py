@@ -57,6 +57,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(world, tmp_path):
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     assert target.exists() and not spec.final.exists(), "the run should have been killed mid-way"
+    assert (Path(spec.out_dir) / "loss.png").exists()  # drawn at the step-4 checkpoint, before step 5 began
     killed_at = len(read_metrics(spec.metrics))
     assert 8 <= killed_at < 20
 
@@ -75,11 +76,26 @@ def test_kill_and_resume_equals_an_uninterrupted_run(world, tmp_path):
     assert (Path(spec.out_dir) / "loss.png").stat().st_size > 1000
 
 
-def test_two_gloo_ranks_see_disjoint_data_and_agree(world, tmp_path):
-    spec = make_spec(world, tmp_path / "ddp", steps=3, micro_batch=1, grad_accum=2, nproc_per_node=2,
-                     checkpoint_every=100)
-    spec.extra["trace_data"] = True
-    stats = launch(spec)
+@pytest.fixture(scope="module")
+def two_ranks(world, tmp_path_factory):
+    """2 gloo ranks, DDP or FSDP2, with the per-rank data trace (each strategy trained once per module)."""
+    done: dict[str, tuple] = {}
+
+    def run(strategy: str):
+        if strategy not in done:
+            out = tmp_path_factory.mktemp("gloo") / strategy
+            spec = make_spec(world, out, steps=3, micro_batch=1, grad_accum=2, nproc_per_node=2,
+                             checkpoint_every=2, strategy=strategy)
+            spec.extra["trace_data"] = True
+            done[strategy] = (spec, launch(spec))
+        return done[strategy]
+
+    return run
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_gloo_ranks_see_disjoint_data_and_agree(two_ranks, strategy):
+    spec, stats = two_ranks(strategy)
     assert stats["world"] == 2 and stats["steps"] == 3
     trace = Path(spec.out_dir) / "data_trace"
     seen = {r: [json.loads(line) for line in (trace / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
@@ -97,6 +113,19 @@ def test_two_gloo_ranks_see_disjoint_data_and_agree(world, tmp_path):
     assert any(w0[k].abs().sum() > 0 for k in w0 if "lora_B" in k)
     rows = read_metrics(spec.metrics)
     assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes the metrics
+    assert [p.name for p in sorted(spec.checkpoints.iterdir())] == ["step-0000002", "step-0000003"]
+
+
+def test_fsdp2_trains_what_ddp_trains(two_ranks):
+    """Same data, same settings: FSDP2 (sharded, reduce-scatter) and DDP (all-reduce) give the same run.
+    A text-only micro-batch on one rank and an image on the other must not desync FSDP2's collectives."""
+    (ddp, _), (fsdp, _) = two_ranks("ddp"), two_ranks("fsdp2")
+    a, b = read_metrics(ddp.metrics), read_metrics(fsdp.metrics)
+    for key in ("loss", "lm_loss", "distill", "grad_norm"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-5, abs=1e-6), key
+    wa, wb = final_weights(ddp), final_weights(fsdp)
+    assert set(wa) == set(wb)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
 
 
 def test_non_finite_steps_stop_the_run_and_keep_the_checkpoints(world, tmp_path):

@@ -110,3 +110,30 @@ def test_schedules():
     assert cos(7) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
     assert cos(12) == pytest.approx(0.1) and cos(50) == pytest.approx(0.1)
     assert lr_lambda("constant", 0, 10, 0.0)(0) == 1.0
+
+
+def test_gradient_checkpointing_recomputes_and_keeps_the_gradient(setup, tokenizer):
+    """`grad_checkpointing: true` (what the loop switches on): each decoder block runs its forward again
+    in the backward, and the gradient is the same."""
+    model, builder, path = setup
+    images = open_index(path).column("images").to_pylist()
+    ds = PackDataset(path, builder)
+    rows = [ds[(0, k, (i,))] for k, i in enumerate([i for i, n in enumerate(images) if n][:2])]
+    batch = [collate(rows, tokenizer.pad_token_id)]
+    layer = model.llm.get_decoder().layers[0]
+    calls = []
+    hook = layer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        plain, plain_vec = grads_after(model, batch)
+        assert len(calls) == 1
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        calls.clear()
+        ckpt, ckpt_vec = grads_after(model, batch)
+        assert len(calls) == 2  # forward, then recomputed in the backward
+    finally:
+        hook.remove()
+        model.gradient_checkpointing_disable()
+    assert set(plain) == set(ckpt)
+    for name in plain:
+        assert torch.allclose(plain[name], ckpt[name], rtol=1e-5, atol=1e-7), name
+    assert torch.equal(plain_vec, ckpt_vec)

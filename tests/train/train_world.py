@@ -62,17 +62,20 @@ def conversations(rng: random.Random, keys: list[tuple[str, str, str]], n_text: 
     rows = []
     for key, colour, shape in keys:
         sid = f"shapes/{key}"
-        rows.append({"sample_id": f"cap-{key}", "kind": "caption", "image": sid, "weight_source": "shapes",
+        rows.append({"sample_id": f"cap-{key}", "kind": "caption", "source": "shapes", "image": sid,
+                     "weight_source": "shapes",
                      "messages": [{"role": "user", "content": "<image>\nDescribe the image."},
                                   {"role": "assistant", "content": f"A {colour} {shape} on a grey background."}]})
-        rows.append({"sample_id": f"vqa-{key}", "kind": "vqa", "image": sid, "weight_source": "shapes",
+        rows.append({"sample_id": f"vqa-{key}", "kind": "vqa", "source": "shapes", "image": sid,
+                     "weight_source": "shapes",
                      "messages": [{"role": "user", "content": "<image>\nWhat colour is the shape?"},
                                   {"role": "assistant", "content": colour.capitalize() + "."},
                                   {"role": "user", "content": "And its shape?"},
                                   {"role": "assistant", "content": shape.capitalize() + "."}]})
     for i in range(n_text):
         words = " ".join(rng.choice(["one", "two", "three", "red", "blue", "shape"]) for _ in range(rng.randint(3, 40)))
-        rows.append({"sample_id": f"text-{i}", "kind": "text", "image": None, "weight_source": "text",
+        rows.append({"sample_id": f"text-{i}", "kind": "text", "source": "text", "image": None,
+                     "weight_source": "text",
                      "messages": [{"role": "system", "content": "You count."},
                                   {"role": "user", "content": f"Repeat: {words}"},
                                   {"role": "assistant", "content": words}]})

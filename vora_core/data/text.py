@@ -56,13 +56,16 @@ class _ImageShards:
     def __init__(self, shards_dir: Path) -> None:
         self.dir = shards_dir
         self.shard, self.rows, self.writer = 0, [], None
+        self.keys: dict[str, str] = {}  # LLaVA asks many questions about one image: store it once
 
     def add(self, path: Path, rel: str) -> str:
-        """Store the image; return its key (shard number + row)."""
+        """Store the image (once per path); return its key (shard number + row)."""
         from PIL import Image
 
         from vora_core.data.shards import ShardWriter
 
+        if rel in self.keys:
+            return self.keys[rel]
         data = path.read_bytes()
         try:
             with Image.open(io.BytesIO(data)) as img:
@@ -78,6 +81,7 @@ class _ImageShards:
                           "status": "success", "error_message": None, "width": width, "height": height,
                           "original_width": width, "original_height": height,
                           "sha256": hashlib.sha256(data).hexdigest()})
+        self.keys[rel] = key
         if len(self.rows) >= IMAGES_PER_SHARD:
             self.commit()
         return key

@@ -28,8 +28,7 @@ register_view(View(
     name="mixture",
     pattern="mixture/*/part-*.parquet",
     select=r"""
-        SELECT regexp_extract(filename, '/mixture/([^/]+)/[^/]+\.parquet$', 1) AS stage,
-               sample_id, kind, source, image, messages, weight_source
+        SELECT regexp_extract(filename, '/mixture/([^/]+)/[^/]+\.parquet$', 1) AS stage, * EXCLUDE (filename)
         FROM {src}""",
     empty=_empty({"stage": "VARCHAR", "sample_id": "VARCHAR", "kind": "VARCHAR", "source": "VARCHAR",
                   "image": "VARCHAR", "messages": _MESSAGES, "weight_source": "VARCHAR"}),

@@ -30,6 +30,16 @@ class TrainingFailed(StageError):
     """The torchrun child exited with an error (the message holds the log's tail)."""
 
 
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, so a killed orchestrator (or torchrun agent)
+    never leaves a trainer writing checkpoints behind the rerun's back. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def torchrun_command(spec_path: str | Path, settings: dict, run_id: str = "vora") -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={settings['nproc_per_node']}"]
     if settings["nnodes"] == 1 and not settings.get("rdzv_endpoint"):
@@ -104,7 +114,7 @@ def launch(spec: RunSpec, on_progress: Callable[[dict], None] | None = None, pol
     start = log_path.stat().st_size if log_path.exists() else 0  # this attempt's part of the log
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=die_with_parent)
         try:
             while child.poll() is None:
                 time.sleep(poll_s)

@@ -111,6 +111,13 @@ def wrap(model: nn.Module, strategy: str, dist: Dist) -> nn.Module:
     if strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
+        # FSDP2 reduce-scatters a block's gradients from a hook on the block's *inputs*. With a frozen
+        # embedding table, a text-only micro-batch feeds block 0 an input without grad: its hook never
+        # fires and its reduce-scatter moves to the end of the backward, after the root's — while a rank
+        # whose micro-batch holds an image (vision embeddings spliced in) keeps the usual order. The
+        # ranks' collectives then disagree and gloo/NCCL abort or hang. Inputs that always require
+        # grad keep every rank's order the same.
+        model.llm.enable_input_require_grads()
         for layer in model.llm.get_decoder().layers:
             fully_shard(layer)
         return fully_shard(model)
@@ -371,7 +378,9 @@ def train(spec: RunSpec) -> dict:
     if trace_dir is not None:
         from safetensors.torch import save_file
 
-        save_file({n: p.detach().contiguous().cpu() for n, p in module.named_parameters() if p.requires_grad},
+        full = {n: p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2: gather (collective)
+                for n, p in module.named_parameters() if p.requires_grad}
+        save_file({n: t.detach().contiguous().cpu() for n, t in full.items()},
                   str(trace_dir / f"rank-{dist.rank}.safetensors"))
 
     save_final(spec, wrapped, module, tokenizer, dist)
@@ -391,6 +400,11 @@ def save_final(spec: RunSpec, model: nn.Module, module: nn.Module, tokenizer, di
     state_dict: dict[str, Any] | None = None
     if spec.settings["strategy"] == "fsdp2" and dist.world > 1:
         state_dict = checkpoint.get_model_state_dict(model, options=checkpoint.FULL)
+        # The gathered copies of tied weights (lm_head = embed_tokens) no longer share storage, so
+        # save_pretrained would write both; keep the first name only, as it does for the unsharded model.
+        unique = {n for n, _ in module.named_parameters()}
+        tied = {n for n, _ in module.named_parameters(remove_duplicate=False)} - unique
+        state_dict = {k: v for k, v in state_dict.items() if k not in tied}
     if not dist.main:
         return None
     with atomic_path(spec.final) as tmp:

@@ -261,9 +261,17 @@ def plan(catalog: Catalog, stage: str) -> list[Unit]:
     mix_id = files_identity(sorted(glob.glob(str(mix / "part-*.parquet"))))
     if stage == "pretrain":
         llm, teacher = model_paths(catalog)
-        inputs = [catalog.model.model_dump(mode="json"),
-                  dir_identity(Path(llm)) if Path(llm).exists() else llm,
-                  (dir_identity(Path(teacher)) if Path(teacher).exists() else teacher) if teacher else None]
+
+        def identity(name: str | None, path: str | None) -> Any:
+            # A tiny model is built by this stage from the settings (and, for the LLM's tokenizer, the
+            # mixtures' text): identify it by those, not by its directory, which the first run creates.
+            if _is_tiny(name):
+                return ["tiny", [files_identity(sorted(glob.glob(str(mixture_dir(catalog, s) / "part-*.parquet"))))
+                                 for s in STAGES] if path == llm else None]
+            return dir_identity(Path(path)) if path and Path(path).exists() else path
+
+        inputs = [catalog.model.model_dump(mode="json"), identity(catalog.model.llm, llm),
+                  identity(catalog.model.teacher, teacher)]
     else:
         path = Path(catalog.finetune.model or catalog.run.stage_dir("merge"))
         inputs = [catalog.model.transform, catalog.model.attn_implementation, dir_identity(path)]

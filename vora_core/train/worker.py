@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from vora_core.train.launch import die_with_parent
+
+    die_with_parent()  # torchrun's agent killed → this rank goes too
     import vora_core  # noqa: F401  (registers the VoRA Auto classes)
     from vora_core.train.loop import TrainingDiverged, train
     from vora_core.train.spec import RunSpec
