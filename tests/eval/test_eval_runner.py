@@ -39,7 +39,7 @@ def test_heldout_questions_follow_the_labels(tmp_path, tiny_eval):
     mc = heldout.build_heldout("shapes", src_dir, "mc", seed=0)
     yn = heldout.build_heldout("shapes", src_dir, "yesno", seed=0)
     short = heldout.build_heldout("shapes", src_dir, "short", seed=0)
-    assert (len(mc.samples), len(yn.samples), len(short.samples)) == (12, 12, 12)
+    assert (len(mc.samples), len(yn.samples), len(short.samples)) == (12, 12, 24)
     for row in labels:
         colour, shape = (s for s in mc.samples if s.id.startswith(row["row_id"] + "/"))
         assert colour.options[ord(colour.answer) - 65] == row["colour"] and set(colour.options) <= set(COLOURS)
@@ -49,8 +49,10 @@ def test_heldout_questions_follow_the_labels(tmp_path, tiny_eval):
         assert (yes.answer, no.answer) == ("yes", "no")
         assert yes.question == f"Is there a {row['colour']} {row['shape']} in the image?"
         assert no.question != yes.question
-        pos, bg = (s for s in short.samples if s.id.startswith(row["row_id"] + "/"))
-        assert (pos.answer, bg.answer) == (row["position"], row["background"])
+        asked = [(s.question, s.answer) for s in short.samples if s.id.startswith(row["row_id"] + "/")]
+        assert asked == [("What colour is the shape?", row["colour"]), ("What shape is shown in the image?", row["shape"]),
+                         ("Where is the shape in the image?", row["position"]),
+                         ("What colour is the background?", row["background"])]
     assert [s.meta["category"] for s in yn.samples[:4]] == ["colour", "colour", "shape", "shape"]
     again = heldout.build_heldout("shapes", src_dir, "mc", seed=0)
     assert [(s.options, s.answer) for s in again.samples] == [(s.options, s.answer) for s in mc.samples]
@@ -79,7 +81,7 @@ def test_evaluate_stage_end_to_end(tmp_path, tiny_eval):
     eval_dir = catalog.run.stage_dir("evaluate")
 
     for name, fmt, n in (("shapes-heldout-mc", "mc", 12), ("shapes-heldout-yesno", "yesno", 12),
-                         ("shapes-heldout-short", "short", 12)):
+                         ("shapes-heldout-short", "short", 24)):
         lines = [json.loads(x) for x in (eval_dir / name / "predictions.jsonl").read_text().splitlines()]
         scores = json.loads((eval_dir / name / "scores.json").read_text())
         assert len(lines) == n and scores["scored"] == n and scores["rejected"] == 0

@@ -75,3 +75,18 @@ def test_image_token_counts_for_fixed_and_native_resizing(tiny):
     assert pixels.shape == (3, 28, 56)
     expected_red = (1.0 - native.image_mean[0]) / native.image_std[0]
     torch.testing.assert_close(pixels[0], torch.full((28, 56), expected_red), rtol=0, atol=1e-5)
+
+
+def test_tiny_teacher_positions_are_a_unit_scale_2d_table(tiny):
+    from vora_core.model.tiny import sincos_2d
+
+    table = sincos_2d(4, 32)
+    assert table.shape == (16, 32)
+    # row r, column c: sin/cos of r in the first half, of c in the second (first frequency is 1)
+    assert torch.equal(table[6, [0, 8, 16, 24]], torch.tensor([1.0, 1.0, 2.0, 2.0]).sin() * torch.tensor([1, 0, 1, 0])
+                       + torch.tensor([1.0, 1.0, 2.0, 2.0]).cos() * torch.tensor([0, 1, 0, 1]))
+    assert len({tuple(row.tolist()) for row in table}) == 16  # every place distinct
+    assert abs(table.pow(2).mean().sqrt().item() - 2 ** -0.5) < 0.05  # as strong as unit-RMS patch features
+    model = make_vora(tiny)
+    torch.testing.assert_close(model.teacher.embeddings.position_embedding.weight, table, rtol=0, atol=0)
+    torch.testing.assert_close(model.vision_embedding.pos_embed, table, rtol=0, atol=1e-6)

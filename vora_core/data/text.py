@@ -125,9 +125,9 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
 
 def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
     """Per downloaded training image, `draws` multi-turn conversations asking every held-out question
-    kind (and the short colour/shape questions) in a seeded order; the first turn holds the image."""
-    from vora_core.eval.formats import Sample, prompt_text
-    from vora_core.eval.heldout import KINDS, QUESTIONS, question_samples
+    kind in a seeded order; the first turn holds the image."""
+    from vora_core.eval.formats import prompt_text
+    from vora_core.eval.heldout import KINDS, question_samples
     from vora_core.manifest import open_manifest
 
     name = src.source or ""
@@ -154,9 +154,6 @@ def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
                 if image is None:
                     raise Reject("missing_image", f"{row['row_id']} was not downloaded")
                 qa = list(asked[row["row_id"]])
-                for what in ("colour", "shape"):
-                    short = Sample(f"{row['row_id']}/{what}", "short", QUESTIONS[what], ["image"], row[what])
-                    qa.append((prompt_text(short), str(short.answer)))
                 random.Random(f"{seed}/{row['row_id']}").shuffle(qa)
                 messages = []
                 for i, (question, answer) in enumerate(qa):

@@ -8,7 +8,8 @@ size ...). From them, three benchmarks in the LLaVA-1.5 formats:
 * `<source>-heldout-yesno`  per image: "Is there a <colour> <shape> in the image?" once true and once
                             false (the false one changes the colour on even images, the shape on odd
                             ones: POPE-like categories `colour` and `shape`), so yes and no are balanced.
-* `<source>-heldout-short`  per image: where the shape is and the background's colour (exact match).
+* `<source>-heldout-short`  per image: the shape's colour, the shape, where it is and the background's
+                            colour, answered in words (normalised exact match).
 
 Distractors and option order are drawn from a generator seeded by (seed, row id, question), so the
 benchmark is the same on every run and machine.
@@ -102,7 +103,7 @@ def question_samples(rows: list[dict], image_of: Callable[[dict], str], kind: st
                 samples.append(Sample(f"{rid}/presence-{label}", "yesno", question, image, label,
                                       meta={"category": category}))
         else:
-            for what in ("position", "background"):
+            for what in ("colour", "shape", "position", "background"):
                 samples.append(Sample(f"{rid}/{what}", "short", QUESTIONS[what], image, row[what],
                                       meta={"category": what}))
     return samples

@@ -106,6 +106,18 @@ def build_tiny_llm(out_dir: str | Path, tokenizer, *, arch: str = "qwen2", hidde
     return out
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """[grid², dim] positions in reading order: sin/cos of the row in the first half, of the column in
+    the second, at dim/4 geometric frequencies each."""
+    quarter = dim // 4
+    freq = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                                indexing="ij")
+    parts = [f(axis.reshape(-1, 1) * freq) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    table = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(table, (0, dim - table.shape[1]))
+
+
 def build_tiny_teacher(out_dir: str | Path, image_size: int = 64, patch_size: int = 8, *, hidden_size: int = 32,
                        num_hidden_layers: int = 2, num_attention_heads: int = 2, intermediate_size: int = 64,
                        seed: int = 0) -> Path:
@@ -118,6 +130,12 @@ def build_tiny_teacher(out_dir: str | Path, image_size: int = 64, patch_size: in
     )
     torch.manual_seed(seed)
     model = Aimv2VisionModel(config)
+    # A trained AIMv2's position table is as strong as its patch features; a random init (std 0.02) is
+    # ~40x weaker, and VoRA copies it into the vision embedding, where it would hide every patch's
+    # place from a tiny LLM trained for minutes. A 2-D sin-cos table at unit scale stands in for it.
+    with torch.no_grad():
+        table = model.embeddings.position_embedding.weight
+        table.copy_(sincos_2d(image_size // patch_size, hidden_size).to(table.dtype))
     out = Path(out_dir)
     model.save_pretrained(out)
     CLIPImageProcessor(size={"height": image_size, "width": image_size}, do_center_crop=False).save_pretrained(out)
