@@ -38,7 +38,9 @@ def test_merge_then_evaluate_flows(prefect_harness, tmp_path, tiny_eval):
     assert {r["status"] for r in results} == {"done"}
     summary = json.loads((catalog.run.stage_dir("evaluate") / "summary.json").read_text())
     assert summary["model"] == str(catalog.run.stage_dir("merge"))
-    assert {b["scored"] for b in summary["benchmarks"].values()} == {6}
+    # 3 held-out images: 2 mc + 2 yes/no + 4 short questions each
+    assert {k: b["scored"] for k, b in summary["benchmarks"].items()} == {
+        "shapes-heldout-mc": 6, "shapes-heldout-yesno": 6, "shapes-heldout-short": 12}
 
     assert [r["status"] for r in merge_flow(str(path))] == ["skipped"]
     assert {r["status"] for r in evaluate_flow(str(path))} == {"skipped"}
