@@ -60,7 +60,8 @@ def generate(root: Path, scale: float) -> dict:
         (root / "text" / name).mkdir(parents=True)
         con.execute(f"""COPY (SELECT '{name}/' || i AS sample_id, '{name}' AS source, i AS idx, NULL::VARCHAR AS image,
                 [struct_pack(role := 'user', content := 'Question number ' || i || '?'),
-                 struct_pack(role := 'assistant', content := 'Answer number ' || i || ', explained.')] AS messages
+                 struct_pack(role := 'assistant', content := 'Answer number ' || i || ', explained.')] AS messages,
+                list_sum(list_transform(messages, lambda m: length(m.content)))::INTEGER AS chars
             FROM range({per}) t(i)) TO '{root}/text/{name}/part-00000.parquet'""")
     con.close()
     return {"images": n_images, "text": per * len(TEXT_SOURCES)}

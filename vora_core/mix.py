@@ -4,15 +4,17 @@ Units, in order: `text:<source>` (vora_core.data.text.ingest → `text/<source>/
 `mixture:pretrain` and `mixture:finetune` (`mixture/<stage>/part-*.parquet` + `stats.json`).
 
 A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
-* caption samples: downloaded images of sufficient size, one per sha256 across sources (the smallest
-  sample_id), with a caption under the policy (`recap` | `alt` | `recap_or_alt`) not carrying an
-  excluded flag, and a prompt chosen per sample by hash(seed, sample_id) from the catalog's list;
-  written in batches of shards (one part each) so the captions join never spills;
+* caption samples: downloaded images of sufficient size, one per sha256 across sources (the one with
+  the smallest hash(sample_id)), with a caption under the policy (`recap` | `alt` | `recap_or_alt`)
+  not carrying an excluded flag, and a prompt chosen per sample by hash(seed, sample_id) from the
+  catalog's list; written in batches of shards (one part each) so the captions join never spills;
 * text/VQA sources by `repeat` (a factor on the source's rows) or `weight` (a share of the final
   mixture). Counts are exact integers. A fractional copy takes the rows whose rank under a seeded
   affine permutation of the dense row index `idx` is below the remainder — exact, deterministic and
   without sorting the source.
-Nothing is sorted: every part keeps its inputs' file order (byte-identical reruns); the loader shuffles.
+Rows reference their text instead of copying it (see `vora_core.data.text_views.MIXTURE_COLUMNS`); the
+`mixture` view and the training stage's `read_mixture` resolve it. Nothing is sorted: every part keeps
+its inputs' file order (byte-identical reruns); the loader shuffles.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from vora_core.catalog import Catalog, MixtureSettings
+from vora_core.data.conversations import TEXT_FORMAT
+from vora_core.data.text_views import IMAGE_TURN_PREFIX, MESSAGES
 from vora_core.errors import DataError
 from vora_core.workdir import Unit, atomic_path, atomic_write_json, fingerprint, read_marker
 
 STAGE = "mix"
 MIXTURES = ("pretrain", "finetune")
+MIXTURE_FORMAT = 2  # part of a mixture unit's fingerprint: a change of the part columns rebuilds old runs'
 
 
 # ----------------------------------------------------------------------------------------- plan
@@ -59,7 +64,7 @@ def _text_inputs(catalog: Catalog, name: str) -> list:
 
 def text_unit(catalog: Catalog, name: str) -> Unit:
     src = catalog.text_sources[name]
-    fp = fingerprint("text", src.model_dump(mode="json"), catalog.seed, catalog.mix.rows_per_part,
+    fp = fingerprint("text", TEXT_FORMAT, src.model_dump(mode="json"), catalog.seed, catalog.mix.rows_per_part,
                      _text_inputs(catalog, name))
     return Unit(stage=STAGE, id=f"text:{name}", output=str(catalog.run.text(name)), fingerprint=fp,
                 params={"kind": "text", "name": name})
@@ -80,7 +85,7 @@ def mixture_unit(catalog: Catalog, stage: str) -> Unit:
             if m.captions.policy != "alt":
                 captions.append(_files(str(root / "captions" / source / "*.parquet")))
     texts = {name: text_unit(catalog, name).fingerprint for name in m.text}
-    fp = fingerprint("mixture", stage, m.model_dump(mode="json"), captions, texts)
+    fp = fingerprint("mixture", MIXTURE_FORMAT, stage, m.model_dump(mode="json"), captions, texts)
     return Unit(stage=STAGE, id=f"mixture:{stage}", output=str(catalog.run.mixture(stage)), fingerprint=fp,
                 params={"kind": "mixture", "name": stage})
 
@@ -164,47 +169,57 @@ def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[s
     funnel's counts, and the caption samples' SELECT of one batch (`{source}` and `{shards}` filled in).
 
     Why this shape: at paper scale (30M images) one hash join holding every caption, or a sort,
-    spills to disk many times over. So dedup comes first, over the images alone: one image per sha256
-    (the smallest sample_id of sufficient size), kept as a small file of the sha256s seen more than
-    once (as 64-bit hashes; a false collision, p ~ 2e-5 at 30M images, would cost one image and never
-    give an image a wrong caption). Then each batch of shards joins its own captions (file filters
-    prune the views to those shards), so the build side stays small."""
+    spills to disk many times over, and copying every caption into the mixture costs more than all
+    the rest. So dedup comes first, over the images alone and on integers: per sha256 seen more than
+    once (as a 64-bit hash; a false collision, p ~ 2e-5 at 30M images, would cost one image and never
+    give an image a wrong caption) the image to keep, the one with the smallest hash(sample_id)
+    (seeded by nothing: the same choice in every mixture). Then each batch of shards joins its own
+    captions (file filters prune the views to those shards), so the build side stays small, and a
+    caption row records which text it uses (`caption_from`: recap | alt) and its prompt instead of a
+    copy of the text: `mixture_sql` builds its messages when the mixture is read."""
     c = m.captions
     assert c is not None
     sources = f"i.source IN ({', '.join(_q(s) for s in caption_sources(catalog, m))})"
     big = f"least(i.width, i.height) >= {c.min_side}"
     dups = f"""
-        COPY (SELECT h, min(image) AS image, count(*) AS copies FROM (
-                  SELECT hash(coalesce(i.sha256, i.sample_id)) AS h, i.sample_id AS image
+        COPY (SELECT h, min(k) AS keep, count(*) AS copies FROM (
+                  SELECT hash(coalesce(i.sha256, i.sample_id)) AS h, hash(i.sample_id) AS k
                   FROM images i WHERE {sources} AND {big})
               GROUP BY h HAVING count(*) > 1) TO {_q(dups_file)} (FORMAT parquet)"""
     funnel = f"""
         SELECT count(*) AS images, count(*) FILTER (WHERE NOT ({big})) AS too_small,
                (SELECT coalesce(sum(copies - 1), 0) FROM read_parquet({_q(dups_file)}))::BIGINT AS duplicates
         FROM images i WHERE {sources}"""
-    recap = (f"CASE WHEN trim(coalesce(c.caption, '')) <> '' AND NOT list_has_any(coalesce(c.flags, []), "
-             f"{_list(list(c.exclude_flags))}) THEN c.caption END")
-    alt = "nullif(trim(i.alt_text), '')"
-    text = {"recap": recap, "alt": alt, "recap_or_alt": f"coalesce({recap}, {alt})"}[c.policy]
+    # The recaption stage stores stripped captions: a blank one is '' (trimming 30M captions here again
+    # would cost half of the caption rows' time).
+    recap = (f"coalesce(c.caption, '') <> '' AND NOT list_has_any(coalesce(c.flags, []), "
+             f"{_list(list(c.exclude_flags))})")
+    alt = "trim(coalesce(i.alt_text, '')) <> ''"
+    use = {"recap": f"CASE WHEN {recap} THEN 'recap' END",
+           "alt": f"CASE WHEN {alt} THEN 'alt' END",
+           "recap_or_alt": f"CASE WHEN {recap} THEN 'recap' WHEN {alt} THEN 'alt' END"}[c.policy]
+    chars = {"recap": "length(c.caption)", "alt": "length(trim(i.alt_text))"}
+    chars_sql = (chars["alt"] if c.policy == "alt" else chars["recap"] if c.policy == "recap" else
+                 f"CASE WHEN {recap} THEN {chars['recap']} ELSE {chars['alt']} END")
     # The alt policy needs no recaption at all: skip the join.
     join = ("" if c.policy == "alt" else
             "LEFT JOIN (SELECT * FROM captions WHERE source = '{source}' AND shard IN ({shards})) c "
-            "ON c.sample_id = i.sample_id")
+            "ON c.key = i.key")
     prompts = _list(c.prompts)
     rep = "" if c.repeat == 1 else f", unnest(range({c.repeat})) AS rep"
-    sample_id = "'cap/' || image" + ("" if c.repeat == 1 else " || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END")
+    sample_id = "'cap/' || x.image" + ("" if c.repeat == 1 else " || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END")
     select = f"""
-        SELECT {sample_id} AS sample_id, 'caption' AS kind, source, image,
-               [struct_pack(role := 'user', content := '<image>' || chr(10) ||
-                    list_extract({prompts}, 1 + (hash({m.seed}, image) % {len(c.prompts)})::BIGINT)),
-                struct_pack(role := 'assistant', content := text)] AS messages,
-               source AS weight_source
+        SELECT {sample_id} AS sample_id, 'caption' AS kind, '{{source}}' AS source, x.image,
+               NULL::{MESSAGES} AS messages, '{{source}}' AS weight_source, NULL::BIGINT AS text_idx,
+               list_extract({prompts}, 1 + (hash({m.seed}, x.image) % {len(c.prompts)})::BIGINT) AS prompt,
+               caption_from, (chars + {len(IMAGE_TURN_PREFIX)} + length(prompt))::INTEGER AS chars
         FROM (SELECT *{rep} FROM (
-            SELECT i.sample_id AS image, i.source, hash(coalesce(i.sha256, i.sample_id)) AS h, {text} AS text
+            SELECT i.sample_id AS image, hash(coalesce(i.sha256, i.sample_id)) AS h, {use} AS caption_from,
+                   {chars_sql} AS chars
             FROM images i {join}
-            WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big})
-        WHERE text IS NOT NULL AND (h NOT IN (SELECT h FROM read_parquet({_q(dups_file)}))
-                                    OR image IN (SELECT image FROM read_parquet({_q(dups_file)}))))"""
+            WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big})) x
+        LEFT JOIN read_parquet({_q(dups_file)}) d ON d.h = x.h
+        WHERE caption_from IS NOT NULL AND (d.h IS NULL OR d.keep = hash(x.image))"""
     return dups, funnel, select
 
 
@@ -250,8 +265,9 @@ def text_sql(name: str, files: list[str], n: int, count: int, seed: int) -> str:
     a, b = permutation(n, seed, name)
     return f"""
         SELECT t.sample_id || CASE WHEN r.rep > 0 THEN '#' || r.rep ELSE '' END AS sample_id,
-               CASE WHEN t.image IS NULL THEN 'text' ELSE 'vqa' END AS kind, t.source, t.image, t.messages,
-               {_q(name)} AS weight_source
+               CASE WHEN t.image IS NULL THEN 'text' ELSE 'vqa' END AS kind, t.source, t.image,
+               NULL::{MESSAGES} AS messages, {_q(name)} AS weight_source, t.idx AS text_idx,
+               NULL::VARCHAR AS prompt, NULL::VARCHAR AS caption_from, t.chars
         FROM read_parquet({_list(files)}) t, range({full + (1 if rem else 0)}) r(rep)
         WHERE r.rep < {full} OR (t.idx * {a} + {b}) % {n} < {rem}"""
 
@@ -301,8 +317,7 @@ def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
             if part == 0:
                 raise DataError(f"mix.{stage}: the mixture is empty (no captions, no text sources)")
             by_source = con.execute(f"""
-                SELECT weight_source, kind, count(*) AS rows, count(image) AS images,
-                       sum(list_sum(list_transform(messages, lambda x: length(x.content))))::BIGINT AS chars
+                SELECT weight_source, kind, count(*) AS rows, count(image) AS images, sum(chars)::BIGINT AS chars
                 FROM read_parquet({_q(str(tmp / 'part-*.parquet'))})
                 GROUP BY ALL ORDER BY weight_source, kind""").fetchall()
             total = sum(r[2] for r in by_source)

@@ -50,7 +50,7 @@ def test_sharegpt_with_malformed_rows(tmp_path):
     out, rejects = read(tmp_path / "out")
     assert out == [{"sample_id": "sg/a", "source": "sg", "idx": 0, "image": None, "messages": [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello."}]}]
+        {"role": "assistant", "content": "Hello."}], "chars": len("Be brief.") + len("Hi") + len("Hello.")}]
     assert [(r["row"], r["reason"]) for r in rejects] == [
         (1, "unknown_role"), (2, "first_turn_not_user"), (3, "last_turn_not_assistant"), (4, "roles_not_alternating"),
         (5, "empty_content"), (6, "image_count_mismatch"), (7, "not_utf8"), (8, "malformed"), (9, "malformed")]

@@ -80,7 +80,15 @@ def run_all(c):
 
 
 def rows(c, stage):
-    return [r for p in sorted(c.run.mixture(stage).glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    """The mixture as users see it: the manifest's `mixture` view (caption rows' messages resolved)."""
+    from vora_core.manifest import open_manifest
+
+    con = open_manifest(c.run)
+    try:
+        table = con.sql(f"SELECT * FROM mixture WHERE stage = '{stage}'").to_arrow_table()
+    finally:
+        con.close()
+    return table.to_pylist()
 
 
 @pytest.mark.parametrize("policy, expected", [
@@ -93,7 +101,8 @@ def test_caption_policies_filters_and_dedup(tmp_path, policy, expected):
     c = catalog(tmp_path, pretrain={"captions": {"policy": policy, "min_side": 32, "prompts": ["P1", "P2"]}})
     run_all(c)
     got = {r["image"]: r["messages"][1]["content"] for r in rows(c, "pretrain")}
-    assert got == expected  # b/000000000 is a/000000000's duplicate; a/000000003 is too small
+    # b/000000000 is a/000000000's duplicate: the copy with the smaller hash(sample_id), a/000000000, stays
+    assert got == expected  # a/000000003 is too small
     stats = json.loads((c.run.mixture("pretrain") / "stats.json").read_text())
     assert stats["captions"]["images"] == 6 and stats["captions"]["too_small"] == 1
     funnel = stats["captions"]
@@ -210,3 +219,43 @@ def test_caption_repeat_and_sources(tmp_path):
     assert got == [("cap/b/000000000", "b"), ("cap/b/000000000#1", "b")]
     stats = json.loads((c.run.mixture("pretrain") / "stats.json").read_text())
     assert stats["captions"] == {"images": 2, "too_small": 0, "no_caption": 1, "duplicates": 0, "used": 1}
+
+
+def test_parts_reference_their_text_and_readers_resolve_it(tmp_path):
+    from vora_core.data.text_views import MIXTURE_COLUMNS
+    from vora_core.train.samples import read_mixture
+
+    write_world(tmp_path)
+    c = catalog(tmp_path, pretrain={"captions": {"policy": "recap_or_alt", "min_side": 32, "prompts": ["P1"]},
+                                    "text": {"t2": {"repeat": 1}}})
+    run_all(c)
+    parts = sorted(c.run.mixture("pretrain").glob("part-*.parquet"))
+    raw = [r for p in parts for r in pq.read_table(p).to_pylist()]
+    assert list(raw[0]) == list(MIXTURE_COLUMNS)
+    assert all(r["messages"] is None for r in raw)  # nothing copied
+    captions = {r["image"]: (r["caption_from"], r["prompt"], r["chars"], r["text_idx"]) for r in raw
+                if r["kind"] == "caption"}
+    assert captions == {"a/000000000": ("recap", "P1", len("<image>\nP1recap a0"), None),
+                        "a/000000001": ("alt", "P1", len("<image>\nP1alt a1"), None)}
+    text = sorted((r["sample_id"], r["text_idx"], r["chars"]) for r in raw if r["kind"] == "text")
+    assert text == [(f"t2/t2-{i}", i, len(f"q{i}a{i}")) for i in range(7)]
+    stats = json.loads((c.run.mixture("pretrain") / "stats.json").read_text())
+    assert stats["est_text_tokens"] == sum(r["chars"] for r in raw) // 4
+
+    # the training stage's reader and the `mixture` view build the same messages, in file order
+    table = read_mixture(c.run.mixture("pretrain"), c.run).to_pylist()
+    assert [r["sample_id"] for r in table] == [r["sample_id"] for r in raw]
+    messages = {r["sample_id"]: r["messages"] for r in table}
+    assert messages["cap/a/000000001"] == [{"role": "user", "content": "<image>\nP1"},
+                                           {"role": "assistant", "content": "alt a1"}]
+    assert messages["t2/t2-3"] == [{"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"}]
+    assert {r["sample_id"]: r["messages"] for r in rows(c, "pretrain")} == messages
+
+    # a mixture made elsewhere may carry its conversations inline, without the reference columns
+    inline = pa.Table.from_pylist([{"sample_id": "x/1", "kind": "text", "source": "x", "image": None,
+                                    "messages": [{"role": "user", "content": "hi"},
+                                                 {"role": "assistant", "content": "yo"}]}])
+    (tmp_path / "other").mkdir()
+    pq.write_table(inline, tmp_path / "other" / "part-00000.parquet")
+    assert read_mixture(tmp_path / "other", c.run).to_pylist()[0]["messages"] == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]

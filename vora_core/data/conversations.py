@@ -31,8 +31,11 @@ REASONS = ("unknown_role", "empty_content", "first_turn_not_user", "last_turn_no
            "roles_not_alternating", "image_count_mismatch", "missing_image", "not_utf8", "malformed")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# `chars`: the length of every message's content, summed (the mixture's token estimate reads it, not
+# the messages). TEXT_FORMAT is part of a text unit's fingerprint: a change re-ingests old runs.
 TEXT_SCHEMA = pa.schema([("sample_id", pa.string()), ("source", pa.string()), ("idx", pa.int64()),
-                         ("image", pa.string()), ("messages", pa.list_(MESSAGE))])
+                         ("image", pa.string()), ("messages", pa.list_(MESSAGE)), ("chars", pa.int32())])
+TEXT_FORMAT = 2
 REJECT_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("id", pa.string()),
                            ("reason", pa.string()), ("detail", pa.string())])
 
@@ -243,7 +246,7 @@ class PartWriter:
             raise Reject("malformed", f"duplicate id {sid}")
         self.seen.add(sample_id)
         self.rows.append({"sample_id": sample_id, "source": self.source, "idx": self.written, "image": image,
-                          "messages": messages})
+                          "messages": messages, "chars": sum(len(m["content"]) for m in messages)})
         self.written += 1
         if len(self.rows) >= self.rows_per_part:
             self.flush()

@@ -1,10 +1,11 @@
-"""Manifest views of the mix stage: `text`, `text_rejects`, `mixture`."""
+"""Manifest views of the mix stage: `text`, `text_rejects`, `mixture_parts` (as
+written) and `mixture` (caption rows' messages resolved)."""
 
 from __future__ import annotations
 
 from vora_core.manifest import View, register_view
 
-_MESSAGES = "STRUCT(role VARCHAR, content VARCHAR)[]"
+MESSAGES = "STRUCT(role VARCHAR, content VARCHAR)[]"
 
 
 def _empty(columns: dict[str, str]) -> str:
@@ -14,9 +15,9 @@ def _empty(columns: dict[str, str]) -> str:
 register_view(View(
     name="text",
     pattern="text/*/part-*.parquet",
-    select="SELECT sample_id, source, idx, image, messages FROM {src}",
+    select="SELECT sample_id, source, idx, image, messages, chars FROM {src}",
     empty=_empty({"sample_id": "VARCHAR", "source": "VARCHAR", "idx": "BIGINT", "image": "VARCHAR",
-                  "messages": _MESSAGES}),
+                  "messages": MESSAGES, "chars": "INTEGER"}),
 ))
 register_view(View(
     name="text_rejects",
@@ -24,12 +25,51 @@ register_view(View(
     select="SELECT source, row, id, reason, detail FROM {src}",
     empty=_empty({"source": "VARCHAR", "row": "BIGINT", "id": "VARCHAR", "reason": "VARCHAR", "detail": "VARCHAR"}),
 ))
+# A mixture part's row references its text (nothing is copied: at paper scale copying 30M captions and
+# 6.4M conversations would be nearly all of the mix stage's time and disk): a text or VQA row by
+# `text_idx` (its `idx` in text/<source>), a caption row by `caption_from` (recap | alt: the image's
+# recaption or its alt text) and its `prompt`. `messages` holds a conversation inline instead (NULL in
+# the rows the mix stage writes; a mixture made elsewhere may carry them). `chars`: the length of the
+# row's text, for token estimates.
+MIXTURE_COLUMNS = {"sample_id": "VARCHAR", "kind": "VARCHAR", "source": "VARCHAR", "image": "VARCHAR",
+                   "messages": MESSAGES, "weight_source": "VARCHAR", "text_idx": "BIGINT", "prompt": "VARCHAR",
+                   "caption_from": "VARCHAR", "chars": "INTEGER"}
+IMAGE_TURN_PREFIX = "<image>\n"  # a caption sample's user turn: this, then its prompt (see resolved_sql)
+
+
+def complete_parts_sql(src: str) -> str:
+    """`src` (a FROM item over mixture parts) with every MIXTURE_COLUMNS column, NULL where the parts
+    lack it: a mixture made elsewhere may hold only `sample_id, kind, source, image, messages`."""
+    return f"(SELECT * FROM ({_empty(MIXTURE_COLUMNS)}) UNION ALL BY NAME SELECT * FROM {src})"
+
+
+def resolved_sql(parts: str, columns: str = "") -> str:
+    """The rows of `parts` (a FROM item holding mixture part columns, aliased `m`) with their messages,
+    built from the `text`, `captions` and `images` views. `columns`: more select items (over `m`, `i` =
+    images)."""
+    return f"""
+        SELECT m.sample_id, m.kind, m.source, m.image,
+               coalesce(m.messages, t.messages, CASE WHEN m.caption_from IS NOT NULL THEN [
+                   struct_pack(role := 'user', content := '<image>' || chr(10) || m.prompt),
+                   struct_pack(role := 'assistant', content := CASE m.caption_from WHEN 'recap' THEN c.caption
+                                                                   ELSE trim(i.alt_text) END)] END) AS messages,
+               m.weight_source, m.text_idx, m.prompt, m.caption_from, m.chars{columns}
+        FROM {parts}
+        LEFT JOIN text t ON t.source = m.source AND t.idx = m.text_idx
+        LEFT JOIN images i ON i.sample_id = m.image
+        LEFT JOIN captions c ON m.caption_from = 'recap' AND c.sample_id = m.image"""
+
+
 register_view(View(
-    name="mixture",
+    name="mixture_parts",
     pattern="mixture/*/part-*.parquet",
     select=r"""
         SELECT regexp_extract(filename, '/mixture/([^/]+)/[^/]+\.parquet$', 1) AS stage, * EXCLUDE (filename)
-        FROM {src}""",
-    empty=_empty({"stage": "VARCHAR", "sample_id": "VARCHAR", "kind": "VARCHAR", "source": "VARCHAR",
-                  "image": "VARCHAR", "messages": _MESSAGES, "weight_source": "VARCHAR"}),
+        FROM """ + complete_parts_sql("{src}"),
+    empty=_empty({"stage": "VARCHAR", **MIXTURE_COLUMNS}),
+))
+register_view(View(
+    name="mixture",
+    select=resolved_sql("mixture_parts m", ", m.stage"),
+    empty="",
 ))

@@ -71,18 +71,23 @@ def mixture_files(mixture_dir: str | Path) -> list[str]:
 
 
 def read_mixture(mixture_dir: str | Path, run: RunDir) -> pa.Table:
-    """Mixture rows in file order, joined with the manifest's `images` view (shard, key, size)."""
+    """Mixture rows in file order with their messages (caption rows resolved) and their image's shard, key
+    and size from the manifest's `images` view."""
+    from vora_core.data.text_views import complete_parts_sql, resolved_sql
     from vora_core.manifest import open_manifest
 
     files = mixture_files(mixture_dir)
     con = open_manifest(run)
     try:
         sources = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        parts = complete_parts_sql(f"read_parquet([{sources}], filename=true, file_row_number=true, "
+                                   "union_by_name=true)")
+        rows = resolved_sql(f"{parts} m",
+                            ", i.source AS image_source, i.shard, i.key, i.width, i.height, "
+                            "m.filename, m.file_row_number")
         sql = f"""
-            SELECT m.sample_id, m.kind, m.image, m.messages, i.source, i.shard, i.key, i.width, i.height
-            FROM read_parquet([{sources}], filename=true, file_row_number=true) m
-            LEFT JOIN images i ON m.image = i.sample_id
-            ORDER BY m.filename, m.file_row_number"""
+            SELECT sample_id, kind, image, messages, image_source AS source, shard, key, width, height
+            FROM ({rows}) ORDER BY filename, file_row_number"""
         return con.sql(sql).to_arrow_table()
     finally:
         con.close()

@@ -92,13 +92,12 @@ def _is_tiny(name: str | None) -> bool:
 
 def mixture_texts(run: RunDir, dirs: list[Path]) -> list[str]:
     """Every message content of the given mixtures (the tiny tokenizer's training text)."""
-    import pyarrow.parquet as pq
+    from vora_core.train.samples import read_mixture
 
     texts: list[str] = []
     for d in dirs:
-        for f in sorted(glob.glob(str(d / "part-*.parquet"))):
-            for messages in pq.read_table(f, columns=["messages"]).column("messages").to_pylist():
-                texts += [m["content"] for m in messages or []]
+        for messages in read_mixture(d, run).column("messages").to_pylist():
+            texts += [m["content"] for m in messages or []]
     return texts
 
 
