@@ -307,6 +307,12 @@ class TinyModelSettings(Strict):
     teacher_layers: int = Field(2, gt=0)
     teacher_heads: int = Field(2, gt=0)
     teacher_intermediate_size: int = Field(64, gt=0)
+    teacher_pretrain_images: int = Field(
+        0, ge=0, description="generated shape pictures the tiny teacher learns to classify (shape, colour, "
+        "position, background) before distillation, standing in for a real ViT's pretraining; 0: a random "
+        "teacher. Needs a synthetic_shapes source (its generator settings are used, under another seed)")
+    teacher_pretrain_epochs: int = Field(12, gt=0)
+    teacher_pretrain_lr: float = Field(2e-3, gt=0)
     seed: int = 0
 
 
@@ -553,6 +559,10 @@ class Catalog(Strict):
                     raise ValueError(f"mix.{stage}.captions.sources: {name!r} is not an image source")
             if sum(t.weight or 0 for t in mixture.text.values()) >= 1:
                 raise ValueError(f"mix.{stage}.text: weights add up to 1 or more; they are shares of the mixture")
+        if self.model.tiny.teacher_pretrain_images and not any(
+                s.kind == "synthetic_shapes" for s in self.sources.values()):
+            raise ValueError("model.tiny.teacher_pretrain_images: pretraining the tiny teacher draws pictures like "
+                             "a synthetic_shapes source's; add one or set it to 0")
         return self
 
     @property

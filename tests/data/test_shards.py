@@ -75,3 +75,21 @@ def test_synthetic_shapes_deterministic_and_labelled(tmp_path):
         f"A {labels['size']} {labels['colour']} {labels['shape']} in the {labels['position']} "
         f"of a {labels['background']} background."
     )
+
+
+def test_synthetic_shapes_stay_inside_the_picture():
+    """A shape cut by the border would be mislabelled (a clipped square is a rectangle)."""
+    import random
+
+    import numpy as np
+
+    from vora_core.data.sources import BACKGROUNDS
+
+    rng = random.Random(1)
+    for _ in range(200):
+        img, labels = synthetic_shape(rng, 48, 160, scale=1.6)
+        background = np.array(BACKGROUNDS[labels["background"]])
+        pixels = np.asarray(img)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        assert (border == background).all(), labels
+        assert (pixels != background).any(axis=-1).sum() > 0.02 * pixels.shape[0] * pixels.shape[1]

@@ -33,7 +33,8 @@ def small_demo(tmp_path: Path, name: str = "small", **changes: dict) -> Path:
     c["recaption"].update(max_new_tokens=6, batch_size=8)
     c["model"]["tiny"].update(hidden_size=32, layers=2, heads=2, kv_heads=1, intermediate_size=64,
                               teacher_hidden_size=16, teacher_layers=1, teacher_heads=1,
-                              teacher_intermediate_size=32, vocab_size=400)
+                              teacher_intermediate_size=32, vocab_size=400, teacher_pretrain_images=48,
+                              teacher_pretrain_epochs=1)
     c["model"].update(lora_rank=4, image_size=56)
     for stage in ("pretrain", "finetune"):
         c[stage].update(steps=4, epochs=None, seq_len=512, micro_batch=2, grad_accum=1, checkpoint_every=2,

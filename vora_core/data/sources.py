@@ -278,6 +278,8 @@ def synthetic_shape(rng: random.Random, min_side: int, max_side: int, scale: flo
     fy = {"top": 0.27, "bottom": 0.73}.get(position.split()[0], 0.5)
     cx = fx * width + rng.uniform(-0.04, 0.04) * width
     cy = fy * height + rng.uniform(-0.04, 0.04) * height
+    # The whole shape stays in the picture: a square cut by the border is no longer a square.
+    r = min(r, 0.95 * min(cx, width - cx, cy, height - cy) - 1.5)
     _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, COLOURS[colour])
     caption = f"A {size} {colour} {shape} in the {position} of a {background} background."
     labels = {"shape": shape, "colour": colour, "background": background, "position": position, "size": size,

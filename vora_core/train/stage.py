@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vora_core.catalog import Catalog, ModelSettings, TrainSettings
+from vora_core.catalog import Catalog, ModelSettings, SyntheticShapesSource, TrainSettings
 from vora_core.errors import StageError
 from vora_core.train.metrics import read_metrics
 from vora_core.train.samples import SampleBuilder, build_index, mixture_files
@@ -129,16 +129,31 @@ def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
         out["llm"] = llm_dir
     if _is_tiny(m.teacher):
         teacher_dir = root / "teacher"
-        fp = fingerprint("tiny-teacher", t.model_dump(), m.image_size, m.patch_size)
+        shapes = _teacher_pictures(catalog)
+        fp = fingerprint("tiny-teacher", t.model_dump(), m.image_size, m.patch_size,
+                         shapes.model_dump() if shapes else None)
         if not (teacher_dir.exists() and is_done(teacher_dir, fp)):
+            stats: dict = {}
             with atomic_path(teacher_dir) as tmp:
                 build_tiny_teacher(tmp, image_size=m.image_size, patch_size=m.patch_size,
                                    hidden_size=t.teacher_hidden_size, num_hidden_layers=t.teacher_layers,
                                    num_attention_heads=t.teacher_heads,
                                    intermediate_size=t.teacher_intermediate_size, seed=t.seed)
-            write_marker(teacher_dir, fp, {})
+                if shapes is not None:
+                    from vora_core.train.teacher import pretrain_teacher
+
+                    stats = pretrain_teacher(tmp, shapes, t.teacher_pretrain_images, t.teacher_pretrain_epochs,
+                                             t.teacher_pretrain_lr, seed=t.seed)
+            write_marker(teacher_dir, fp, stats)
         out["teacher"] = teacher_dir
     return out
+
+
+def _teacher_pictures(catalog: Catalog) -> SyntheticShapesSource | None:
+    """The synthetic source whose kind of picture the tiny teacher is pretrained on (None: no pretraining)."""
+    if catalog.model.tiny.teacher_pretrain_images == 0:
+        return None
+    return next(s for s in catalog.sources.values() if isinstance(s, SyntheticShapesSource))  # the catalog checks
 
 
 def model_paths(catalog: Catalog) -> tuple[str, str | None]:
