@@ -176,7 +176,7 @@ def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[s
     (seeded by nothing: the same choice in every mixture). Then each batch of shards joins its own
     captions (file filters prune the views to those shards), so the build side stays small, and a
     caption row records which text it uses (`caption_from`: recap | alt) and its prompt instead of a
-    copy of the text: `mixture_sql` builds its messages when the mixture is read."""
+    copy of the text: `vora_core.data.text_views.resolved_sql` builds its messages when it is read."""
     c = m.captions
     assert c is not None
     sources = f"i.source IN ({', '.join(_q(s) for s in caption_sources(catalog, m))})"

@@ -1,5 +1,5 @@
-"""Manifest views of the mix stage: `text`, `text_rejects`, `mixture_parts` (as
-written) and `mixture` (caption rows' messages resolved)."""
+"""Manifest views of the mix stage: `text`, `text_rejects`, `mixture_parts` (rows as written) and
+`mixture` (every row with its messages)."""
 
 from __future__ import annotations
 

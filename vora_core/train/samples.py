@@ -71,7 +71,7 @@ def mixture_files(mixture_dir: str | Path) -> list[str]:
 
 
 def read_mixture(mixture_dir: str | Path, run: RunDir) -> pa.Table:
-    """Mixture rows in file order with their messages (caption rows resolved) and their image's shard, key
+    """Mixture rows in file order with their messages (references resolved) and their image's shard, key
     and size from the manifest's `images` view."""
     from vora_core.data.text_views import complete_parts_sql, resolved_sql
     from vora_core.manifest import open_manifest

@@ -28,7 +28,7 @@ from typing import Any
 from vora_core.catalog import Catalog, ModelSettings, SyntheticShapesSource, TrainSettings
 from vora_core.errors import StageError
 from vora_core.train.metrics import read_metrics
-from vora_core.train.samples import SampleBuilder, build_index, mixture_files
+from vora_core.train.samples import SampleBuilder, build_index, mixture_files, read_mixture
 from vora_core.train.spec import RunSpec
 from vora_core.train.transforms import RESIZE_OF, check_transform
 from vora_core.workdir import (
@@ -92,8 +92,6 @@ def _is_tiny(name: str | None) -> bool:
 
 def mixture_texts(run: RunDir, dirs: list[Path]) -> list[str]:
     """Every message content of the given mixtures (the tiny tokenizer's training text)."""
-    from vora_core.train.samples import read_mixture
-
     texts: list[str] = []
     for d in dirs:
         for messages in read_mixture(d, run).column("messages").to_pylist():

@@ -32,7 +32,8 @@ VALIDATION = 500  # pictures kept aside to report the teacher's accuracy (a quar
 SEED_OFFSET = 7919  # the pictures' seed: the source's seed + this (not the run's pictures)
 
 
-def shape_pictures(src: SyntheticShapesSource, n: int, image_size: int, mean: list[float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def shape_pictures(src: SyntheticShapesSource, n: int, image_size: int, mean: list[float],
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` generated pictures padded and resized as the `square` transform does (uint8 [n, 3, s, s]: 37 KiB
     each at 112 px, normalised per batch) and their labels [n, 4]."""
     rng = random.Random(seed)
@@ -53,7 +54,7 @@ def _normalise(pixels: torch.Tensor, mean: list[float], std: list[float]) -> tor
 
 def pretrain_teacher(teacher_dir: str | Path, src: SyntheticShapesSource, images: int, epochs: int, lr: float,
                      batch_size: int = 64, seed: int = 0) -> dict:
-    """Train the AIMv2 tower saved in `teacher_dir` in place; returns the validation accuracy per label."""
+    """Train the AIMv2 tower saved in `teacher_dir` in place; returns its stats (validation accuracy per label)."""
     from transformers import Aimv2VisionModel
 
     teacher_dir = Path(teacher_dir)
