@@ -63,8 +63,8 @@ def status(catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")]) -> N
 def _cell(value: object) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-    if isinstance(value, float):
-        return f"{value:.1f}"
+    if isinstance(value, float):  # scores and losses need their decimals; seconds and rates do not
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
     return "-" if value is None else str(value)
 
 

@@ -39,3 +39,10 @@ def test_missing_catalog(tmp_path):
     out = vora("run", "nope.yaml", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: nope.yaml: catalog file not found (see catalogs/ for examples)"
+
+
+def test_status_cells_keep_a_score_s_decimals():
+    from flows.cli import _cell
+
+    assert [_cell(v) for v in (0.2416, 0.865, 0.3, 331.74, 11618.4, None, 7, {"a": 1})] == [
+        "0.242", "0.865", "0.300", "331.7", "11,618.4", "-", "7", "a=1"]
