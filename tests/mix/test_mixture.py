@@ -259,3 +259,29 @@ def test_parts_reference_their_text_and_readers_resolve_it(tmp_path):
     pq.write_table(inline, tmp_path / "other" / "part-00000.parquet")
     assert read_mixture(tmp_path / "other", c.run).to_pylist()[0]["messages"] == [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+
+
+def test_views_open_over_files_an_older_version_wrote(tmp_path):
+    """Text parts without `chars` and mixture parts with inline messages only: the manifest still opens
+    (the mix stage must be able to rebuild them) and the views read them."""
+    from vora_core.manifest import open_manifest
+
+    write_world(tmp_path)
+    c = catalog(tmp_path, pretrain={"captions": None, "text": {"t2": {"repeat": 1}}})
+    run_all(c)
+    for part in c.run.root.glob("text/*/part-*.parquet"):
+        pq.write_table(pq.read_table(part).drop(["chars"]), part)
+    mixture = c.run.mixture("pretrain")
+    old = pa.Table.from_pylist([{"sample_id": "t2/x", "kind": "text", "source": "t2", "image": None,
+                                 "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                                 "weight_source": "t2"}])
+    for part in mixture.glob("part-*.parquet"):
+        part.unlink()
+    pq.write_table(old, mixture / "part-00000.parquet")
+    con = open_manifest(c.run)
+    try:
+        assert con.execute("SELECT count(*), count(chars) FROM text").fetchall() == [(17, 0)]
+        assert con.execute("SELECT sample_id, messages[2].content, text_idx FROM mixture").fetchall() == [
+            ("t2/x", "a", None)]
+    finally:
+        con.close()

@@ -12,12 +12,19 @@ def _empty(columns: dict[str, str]) -> str:
     return "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in columns.items()) + " LIMIT 0"
 
 
+def _complete(columns: dict[str, str], src: str) -> str:
+    """`src` with every one of `columns`, NULL where its files lack one (files an older version wrote: the
+    views must open so that the stage can rebuild them)."""
+    return f"(SELECT * FROM ({_empty(columns)}) UNION ALL BY NAME SELECT * FROM {src})"
+
+
+TEXT_COLUMNS = {"sample_id": "VARCHAR", "source": "VARCHAR", "idx": "BIGINT", "image": "VARCHAR",
+                "messages": MESSAGES, "chars": "INTEGER"}
 register_view(View(
     name="text",
     pattern="text/*/part-*.parquet",
-    select="SELECT sample_id, source, idx, image, messages, chars FROM {src}",
-    empty=_empty({"sample_id": "VARCHAR", "source": "VARCHAR", "idx": "BIGINT", "image": "VARCHAR",
-                  "messages": MESSAGES, "chars": "INTEGER"}),
+    select=f"SELECT {', '.join(TEXT_COLUMNS)} FROM " + _complete(TEXT_COLUMNS, "{src}"),
+    empty=_empty(TEXT_COLUMNS),
 ))
 register_view(View(
     name="text_rejects",
@@ -40,7 +47,7 @@ IMAGE_TURN_PREFIX = "<image>\n"  # a caption sample's user turn: this, then its 
 def complete_parts_sql(src: str) -> str:
     """`src` (a FROM item over mixture parts) with every MIXTURE_COLUMNS column, NULL where the parts
     lack it: a mixture made elsewhere may hold only `sample_id, kind, source, image, messages`."""
-    return f"(SELECT * FROM ({_empty(MIXTURE_COLUMNS)}) UNION ALL BY NAME SELECT * FROM {src})"
+    return _complete(MIXTURE_COLUMNS, src)
 
 
 def resolved_sql(parts: str, columns: str = "") -> str:
