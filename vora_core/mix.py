@@ -198,9 +198,9 @@ def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[s
     use = {"recap": f"CASE WHEN {recap} THEN 'recap' END",
            "alt": f"CASE WHEN {alt} THEN 'alt' END",
            "recap_or_alt": f"CASE WHEN {recap} THEN 'recap' WHEN {alt} THEN 'alt' END"}[c.policy]
-    chars = {"recap": "length(c.caption)", "alt": "length(trim(i.alt_text))"}
-    chars_sql = (chars["alt"] if c.policy == "alt" else chars["recap"] if c.policy == "recap" else
-                 f"CASE WHEN {recap} THEN {chars['recap']} ELSE {chars['alt']} END")
+    recap_chars, alt_chars = "length(c.caption)", "length(trim(i.alt_text))"
+    chars = {"recap": recap_chars, "alt": alt_chars,
+             "recap_or_alt": f"CASE WHEN {recap} THEN {recap_chars} ELSE {alt_chars} END"}[c.policy]
     # The alt policy needs no recaption at all: skip the join.
     join = ("" if c.policy == "alt" else
             "LEFT JOIN (SELECT * FROM captions WHERE source = '{source}' AND shard IN ({shards})) c "
@@ -215,7 +215,7 @@ def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[s
                caption_from, (chars + {len(IMAGE_TURN_PREFIX)} + length(prompt))::INTEGER AS chars
         FROM (SELECT *{rep} FROM (
             SELECT i.sample_id AS image, hash(coalesce(i.sha256, i.sample_id)) AS h, {use} AS caption_from,
-                   {chars_sql} AS chars
+                   {chars} AS chars
             FROM images i {join}
             WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big})) x
         LEFT JOIN read_parquet({_q(dups_file)}) d ON d.h = x.h

@@ -41,7 +41,7 @@ register_view(View(
 MIXTURE_COLUMNS = {"sample_id": "VARCHAR", "kind": "VARCHAR", "source": "VARCHAR", "image": "VARCHAR",
                    "messages": MESSAGES, "weight_source": "VARCHAR", "text_idx": "BIGINT", "prompt": "VARCHAR",
                    "caption_from": "VARCHAR", "chars": "INTEGER"}
-IMAGE_TURN_PREFIX = "<image>\n"  # a caption sample's user turn: this, then its prompt (see resolved_sql)
+IMAGE_TURN_PREFIX = "<image>\n"  # a caption sample's user turn: this, then its prompt
 
 
 def complete_parts_sql(src: str) -> str:
@@ -57,7 +57,7 @@ def resolved_sql(parts: str, columns: str = "") -> str:
     return f"""
         SELECT m.sample_id, m.kind, m.source, m.image,
                coalesce(m.messages, t.messages, CASE WHEN m.caption_from IS NOT NULL THEN [
-                   struct_pack(role := 'user', content := '<image>' || chr(10) || m.prompt),
+                   struct_pack(role := 'user', content := '{IMAGE_TURN_PREFIX}' || m.prompt),
                    struct_pack(role := 'assistant', content := CASE m.caption_from WHEN 'recap' THEN c.caption
                                                                    ELSE trim(i.alt_text) END)] END) AS messages,
                m.weight_source, m.text_idx, m.prompt, m.caption_from, m.chars{columns}
