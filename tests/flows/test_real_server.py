@@ -41,7 +41,19 @@ def test_deploy_and_run_on_a_real_server(tmp_path):
 
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "vora-test", "--type", "process"],
                        env, worker_log)
-        run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+        answers: list[str] = []
+
+        def created():
+            # A freshly started server once answered this with a body that was no flow run: try again, and
+            # say what it answered if it never creates one.
+            r = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10)
+            answers.append(f"{r.status_code} {r.text[:300]}")
+            return r.json() if r.is_success and "id" in r.json() else None
+
+        try:
+            run = wait_for(created, 60, "the flow run's creation", [server_log])
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\nlast answers: {answers[-3:]}") from e
 
         def finished():
             state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]
