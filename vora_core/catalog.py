@@ -275,7 +275,7 @@ class BenchmarkSettings(Strict):
     image_dir: str | None = Field(None, description="where its images are; default: the layout's usual place")
     split: str | None = Field(None, description="pope: category; mme: subtask; scienceqa: split (test); ai2d: test")
     limit: int | None = Field(None, gt=0, description="first N questions only (smoke runs)")
-    circular: bool | None = Field(None, description="mmbench: CircularEval over option rotations (default on)")
+    circular: bool | None = Field(None, description="mmbench: CircularEval over the circular copies the tsv holds (default on)")
 
 
 class EvaluateSettings(Strict):

@@ -65,7 +65,7 @@ def test_mme_both_folder_layouts(tmp_path):
                                         "'question<TAB>Yes|No'"}]
 
 
-def test_mmbench_tsv_base64_circular(tmp_path):
+def test_mmbench_tsv_base64_and_image_references(tmp_path):
     img = png(colour=(1, 2, 3))
     b64 = base64.b64encode(img).decode()
     header = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tsplit\n"
@@ -73,25 +73,19 @@ def test_mmbench_tsv_base64_circular(tmp_path):
         f"7\tWhat colour?\tLook closely.\tred\tblue\tgreen\t\tC\tattribute\t{b64}\tdev\n",
         "8\tWhich shape?\tnan\tcircle\tsquare\t\t\tA\tshape\t7\tdev\n",  # image stored on row 7
         "9\tBad?\tnan\tx\ty\t\t\tE\tshape\tAAAA\tdev\n",
+        "x1\tBad index?\tnan\tx\ty\t\t\tA\tshape\t7\tdev\n",
     ]
     tsv = tmp_path / "mmbench_dev.tsv"
     tsv.write_text(header + "".join(rows))
     bench = load_benchmark("mmbench", "mmbench", tsv)
-    assert bench.format == "mc"
-    got = [(s.id, s.options, s.answer, s.meta["group"]) for s in bench.samples]
-    assert got == [
-        ("7-0", ["red", "blue", "green"], "C", "7"),
-        ("7-1", ["blue", "green", "red"], "B", "7"),
-        ("7-2", ["green", "red", "blue"], "A", "7"),
-        ("8-0", ["circle", "square"], "A", "8"),
-        ("8-1", ["square", "circle"], "B", "8"),
-    ]
+    assert (bench.format, bench.protocol) == ("mc", "mmbench")
+    got = [(s.id, s.options, s.answer, s.meta["group"], s.meta["copy"]) for s in bench.samples]
+    assert got == [("7", ["red", "blue", "green"], "C", "7", 0), ("8", ["circle", "square"], "A", "8", 0)]
     assert bench.samples[0].question == "Look closely.\nWhat colour?"
-    assert bench.samples[3].question == "Which shape?"
-    assert bench.samples[0].images == [img] and bench.samples[3].images == [img]
-    assert bench.rejects == [{"id": "9", "reason": "answer 'E' is not one of the 2 option letters"}]
-    single = load_benchmark("mmbench", "mmbench", tsv, circular=False)
-    assert [s.id for s in single.samples] == ["7", "8"]
+    assert bench.samples[1].question == "Which shape?"
+    assert bench.samples[0].images == [img] and bench.samples[1].images == [img]
+    assert bench.rejects == [{"id": "9", "reason": "answer 'E' is not one of the 2 option letters"},
+                             {"id": "x1", "reason": "index 'x1' is not a whole number"}]
 
 
 def test_scienceqa_img_only(tmp_path):

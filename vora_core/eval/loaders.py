@@ -35,6 +35,7 @@ class Benchmark:
     format: str
     samples: list[Sample]
     rejects: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}
+    protocol: str | None = None  # formats.PROTOCOLS name; None = the format's default
 
 
 class _Collector:
@@ -155,10 +156,16 @@ def load_mme(path: Path, image_dir: Path | None, split: str | None) -> _Collecto
 # ---------------------------------------------------------------------------------------- MMBench
 
 
+# MMBench's circular copies of question q are the rows with index q + k·CIRCULAR_STRIDE (k = 1, 2, ...).
+CIRCULAR_STRIDE = 1_000_000
+
+
 def load_mmbench(path: Path, image_dir: Path | None, split: str | None, circular: bool = True) -> _Collector:
     """MMBench tsv (e.g. mmbench_dev_20230712.tsv): index, question, hint, A..D(..), answer, category,
-    image (base64; a bare index refers to another row's image). With `circular`, every question is asked
-    once per rotation of its options (CircularEval)."""
+    image (base64; a bare index refers to another row's image). The file already holds each question's
+    circular copies (options shifted) as rows with index + k·1,000,000; every row is asked once as
+    written, and `group` (index mod 1,000,000) ties the copies together for CircularEval. Without
+    `circular`, only the original rows (index < 1,000,000) are asked."""
     csv.field_size_limit(sys.maxsize)
     with open(_need(path, "file", "mmbench"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
@@ -171,6 +178,12 @@ def load_mmbench(path: Path, image_dir: Path | None, split: str | None, circular
     for row in rows:
         idx = row["index"]
         if split and "split" in row and row["split"] != split:
+            continue
+        if not idx.strip().isdigit():
+            out.reject(idx, f"index {idx!r} is not a whole number")
+            continue
+        number = int(idx)
+        if not circular and number >= CIRCULAR_STRIDE:
             continue
         options = [row[c] for c in LETTERS if c in row and not _blank(row[c])]
         answer = (row.get("answer") or "").strip()
@@ -186,13 +199,10 @@ def load_mmbench(path: Path, image_dir: Path | None, split: str | None, circular
             out.reject(idx, "image is not valid base64")
             continue
         question = row["question"] if _blank(row.get("hint")) else f"{row['hint']}\n{row['question']}"
-        meta = {"category": row.get("category", ""), "index": idx}
-        correct = options[LETTERS.index(answer)]
-        for r in range(len(options) if circular else 1):
-            rotated = options[r:] + options[:r]
-            extra = {"group": idx, "rotation": r} if circular else {}
-            out.add(Sample(f"{idx}-{r}" if circular else idx, "mc", question, [image],
-                           LETTERS[rotated.index(correct)], options=rotated, meta={**meta, **extra}))
+        meta: dict[str, Any] = {"category": row.get("category", ""), "index": idx}
+        if circular:
+            meta |= {"group": str(number % CIRCULAR_STRIDE), "copy": number // CIRCULAR_STRIDE}
+        out.add(Sample(idx, "mc", question, [image], answer, options=options, meta=meta))
     return out
 
 
@@ -344,20 +354,23 @@ def load_jsonl(path: Path, image_dir: Path | None, split: str | None) -> _Collec
     return out
 
 
-_LOADERS: dict[str, tuple[str, Callable[..., _Collector]]] = {
-    "pope": ("yesno", load_pope), "mme": ("mme", load_mme), "mmbench": ("mc", load_mmbench),
-    "scienceqa": ("mc", load_scienceqa), "seedbench": ("mc", load_seedbench), "ai2d": ("mc", load_ai2d),
-    "textvqa": ("vqa", load_textvqa), "vqav2": ("vqa", load_vqav2), "jsonl": ("", load_jsonl),
+# layout → (format, scoring protocol (formats.PROTOCOLS; None = the format's default), loader)
+_LOADERS: dict[str, tuple[str, str | None, Callable[..., _Collector]]] = {
+    "pope": ("yesno", "pope", load_pope), "mme": ("mme", "mme", load_mme),
+    "mmbench": ("mc", "mmbench", load_mmbench), "scienceqa": ("mc", "llava-sqa", load_scienceqa),
+    "seedbench": ("mc", "llava-seed", load_seedbench), "ai2d": ("mc", "llava-sqa", load_ai2d),
+    "textvqa": ("vqa", "textvqa-m4c", load_textvqa), "vqav2": ("vqa", "vqav2", load_vqav2),
+    "jsonl": ("", None, load_jsonl),
 }
 
 
 def load_benchmark(name: str, layout: str, path: str | Path, image_dir: str | Path | None = None,
                    split: str | None = None, limit: int | None = None, circular: bool | None = None) -> Benchmark:
     """Load a benchmark from local files. `limit` keeps the first N samples (smoke runs); `circular`
-    (MMBench only, default on) asks each question once per rotation of its options."""
+    (MMBench only, default on) asks the circular copies the file holds and scores by CircularEval."""
     if layout not in _LOADERS:
         raise DataError(f"benchmark {name}: unknown layout {layout!r}; layouts are {', '.join(LAYOUTS)}")
-    fmt, loader = _LOADERS[layout]
+    fmt, protocol, loader = _LOADERS[layout]
     kwargs = {"circular": circular if circular is not None else True} if layout == "mmbench" else {}
     found = loader(Path(path), Path(image_dir) if image_dir else None, split, **kwargs)
     samples = found.samples
@@ -370,4 +383,4 @@ def load_benchmark(name: str, layout: str, path: str | Path, image_dir: str | Pa
         samples = samples[:limit]
     if found.rejects:
         log.warning("benchmark %s: %d questions not usable (first: %s)", name, len(found.rejects), found.rejects[0])
-    return Benchmark(name, fmt, samples, found.rejects)
+    return Benchmark(name, fmt, samples, found.rejects, protocol)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 # Bump when prompts, parsing or scoring change: every benchmark is then redone.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MODEL_STAGES = {"finetune": ("finetune", "final"), "merged": ("merge", ""), "pretrain": ("pretrain", "final")}
 
 
@@ -185,14 +185,15 @@ def evaluate_benchmark(loaded: Loaded, bench: Benchmark, out_dir: Path, batch_si
             if s.id in errors:
                 record["error"] = errors[s.id]
             else:
-                verdict = judge(s, answers[s.id])
+                verdict = judge(s, answers[s.id], bench.protocol)
                 record.update(prediction=answers[s.id], **verdict)
                 scored.append(s)
                 verdicts.append(verdict)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     reasons = Counter(_reason(r["reason"]) for r in bench.rejects)
     reasons.update(_reason(e) for e in errors.values())
-    scores = score_benchmark(bench.format, scored, verdicts) if scored else {"main": None, "value": None}
+    scores = (score_benchmark(bench.format, scored, verdicts, bench.protocol) if scored
+              else {"main": None, "value": None})
     scores.update(
         benchmark=bench.name, format=bench.format, scored=len(scored), rejected=len(bench.rejects) + len(errors),
         rejected_by_reason=dict(sorted(reasons.items())), seconds=round(seconds, 3),

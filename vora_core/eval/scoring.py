@@ -1,15 +1,16 @@
-"""Answer parsing and metrics of the LLaVA-1.5 evaluation protocol (pure Python, no model needed).
+"""Answer parsing and metrics of the benchmarks' reference protocols (pure Python, no model needed).
 
-* `normalize_answer`: the VQA answer normalisation (punctuation, periods, number words → digits,
-  articles dropped, apostrophe-less contractions restored, lower case).
-* `vqa_accuracy`: VQAv2 soft accuracy — min(#humans who gave the answer / 3, 1), averaged over the ten
-  leave-one-annotator-out subsets of 9.
+* `normalize_answer` / `vqa_accuracy`: the official VQA evaluation script's normalisation and soft
+  accuracy (min(#humans who gave the answer / 3, 1) over the ten leave-one-annotator-out subsets).
+* `m4c_normalize` / `textvqa_accuracy`: TextVQA's, as the m4c evaluator LLaVA-1.5 uses.
 * `pope_answer` / `pope_metrics`: POPE's parsing (first sentence; the word "No"/"no"/"not" → no, else
   yes) and accuracy, precision, recall, F1, yes-ratio with "yes" as the positive class.
 * `mme_answer` / `mme_scores`: MME's parsing (exact yes/no, else the first four characters) and per
   subtask accuracy + accuracy+ (every question of an image right), score = (acc + acc+)·100, summed
-  into the perception and cognition totals.
-* `parse_choice`: the option letter of a multiple-choice answer; `exact_match`: normalised equality.
+  into the perception and cognition scores.
+* `parse_choice_llava` (LLaVA-1.5's ScienceQA rule), `parse_choice_exact` (its SEED-Bench rule),
+  `parse_choice_mmbench` (MMBench's matcher) and `parse_choice_lenient` (a second, lenient metric).
+* `exact_match`: normalised equality (the held-out short answers).
 """
 
 from __future__ import annotations
@@ -20,78 +21,116 @@ from collections.abc import Iterable, Sequence
 
 # ------------------------------------------------------------------------------- VQA normalisation
 
-# Marks that are removed (next to a space, or in a text with a digit,digit group) or else turned into a
-# space. Periods, apostrophes and colons are not in the set: periods have their own rule, apostrophes
-# belong to contractions.
-_MARKS = ";/[]\"{}()=+\\_-><@`,?!"
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
-_PERIOD = re.compile(r"\.(?!\d)")  # a period survives only as a decimal point (a digit follows)
+# The official VQA evaluation's rules (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py).
+# A mark is removed when it touches a space or the text has a digit,digit group, else turned into a space.
+# Periods, apostrophes and colons are not marks: a period goes unless a digit follows it.
+_MARKS = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the official pattern, typo included: "not followed by a digit"
+# The official script passes re.UNICODE (= 32) where `count` goes: at most 32 periods are removed.
+_PERIOD_COUNT = 32
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
     "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
 _ARTICLES = frozenset({"a", "an", "the"})
-# Contractions typed without their apostrophe → the usual spelling. Forms that are also ordinary words
-# (its, were, well, ill, hell, shell, wed, id) are left alone.
+# The official contraction table, entry for entry (the m4c processor's is the same). Its quirks are kept:
+# the capitalised keys ("Im", "Ive", "Id've") never match lower-cased words, and "somebody'd" maps to
+# "somebodyd".
 _CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "couldve": "could've",
-    "couldntve": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
-    "hasnt": "hasn't", "havent": "haven't", "hed": "he'd", "hes": "he's", "howd": "how'd", "howll": "how'll",
-    "hows": "how's", "im": "i'm", "ive": "i've", "isnt": "isn't", "itd": "it'd", "itll": "it'll",
-    "lets": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightve": "might've", "mustnt": "mustn't",
-    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "shant": "shan't",
-    "shed": "she'd", "shes": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
-    "somebodys": "somebody's", "someones": "someone's", "somethings": "something's", "thatll": "that'll",
-    "thats": "that's", "thered": "there'd", "therere": "there're", "theres": "there's", "theyd": "they'd",
-    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
-    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
-    "whod": "who'd", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyd": "why'd", "whyre": "why're",
-    "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "yall": "y'all",
-    "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've",
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
+    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
+    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
+    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's",
+    "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd", "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've", "somebodyll": "somebody'll", "somebodys": "somebody's",
+    "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
+    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
+    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
+    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
+    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
+    "youve": "you've",
 }
 
 
-def _strip_punctuation(text: str) -> str:
+def strip_punctuation(text: str) -> str:
+    """The official `processPunctuation`: "3,000" → "3000"; "dog, cat" → "dog cat"; "black/white" →
+    "black white"; "yes." → "yes" (conditions are tested on the text as given, as the official does)."""
     has_number_group = _DIGIT_COMMA_DIGIT.search(text) is not None
     out = text
     for mark in _MARKS:
-        if mark not in out:
-            continue
-        # "3,000" → "3000"; "dog, cat" → "dog cat"; "black/white" → "black white".
         if has_number_group or f"{mark} " in text or f" {mark}" in text:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return _PERIOD.sub("", out)
+    return _PERIOD.sub("", out, count=_PERIOD_COUNT)
+
+
+def _digits_articles(text: str) -> str:
+    """The official `processDigitArticle`: lower case, number words → digits, articles dropped, then
+    apostrophe-less contractions restored from the table."""
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def normalize_answer(text: str) -> str:
-    """Normalise a VQA answer: "Two dogs." → "2 dogs", "a dog" → "dog", "yes." → "yes", "dont" → "don't"."""
+    """The VQA evaluation's answer normalisation: "Two dogs." → "2 dogs", "a dog" → "dog", "dont" → "don't"."""
     text = text.replace("\n", " ").replace("\t", " ").strip()
-    words = []
-    for word in _strip_punctuation(text).lower().split():
-        word = _NUMBER_WORDS.get(word, word)
-        if word in _ARTICLES:
-            continue
-        words.append(_CONTRACTIONS.get(word, word))
-    return " ".join(words)
+    return _digits_articles(strip_punctuation(text))
+
+
+def m4c_normalize(text: str) -> str:
+    """TextVQA's normaliser (the m4c / EvalAI answer processor LLaVA's eval_textvqa uses): lower case,
+    "," and "?" deleted, "'s" split off ("man's" → "man 's"), then the VQA rules."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_answer(text)
+
+
+def _soft_accuracy(pred: str, answers: Sequence[str]) -> float:
+    """Mean over annotators of min(#other annotators who gave `pred` / 3, 1)."""
+    matches = [a == pred for a in answers]
+    total = sum(matches)
+    if len(answers) == 1:  # not in the official files (always ten); one reference = exact match
+        return float(matches[0])
+    return sum(min(1.0, (total - m) / 3.0) for m in matches) / len(answers)
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQAv2 soft accuracy of one prediction against the human answers (normally ten).
+    """VQAv2 soft accuracy exactly as the official script computes it.
 
-    For each annotator, accuracy over the others = min(#others who gave the prediction / 3, 1); the
-    result is the mean over annotators. Prediction and answers are normalised alike.
+    The prediction is normalised (`normalize_answer`). The references are taken as written when all of
+    them are identical, else with `strip_punctuation` only (the annotation files hold processed answers;
+    no number-word or article rule is applied to them). Then: for each annotator, min(#others who gave
+    the prediction / 3, 1), averaged over annotators.
     """
     if not answers:
         raise ValueError("vqa_accuracy needs at least one reference answer")
-    pred = normalize_answer(prediction)
-    matches = [normalize_answer(a) == pred for a in answers]
-    total = sum(matches)
-    if len(answers) == 1:
-        return float(matches[0])
-    return sum(min(1.0, (total - m) / 3.0) for m in matches) / len(answers)
+    refs = list(answers) if len(set(answers)) == 1 else [strip_punctuation(a) for a in answers]
+    return _soft_accuracy(normalize_answer(prediction), refs)
+
+
+def textvqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """TextVQA soft accuracy as the m4c evaluator LLaVA uses computes it: prediction and every reference
+    through `m4c_normalize`, then the same 10-choose-9 formula."""
+    if not answers:
+        raise ValueError("textvqa_accuracy needs at least one reference answer")
+    return _soft_accuracy(m4c_normalize(prediction), [m4c_normalize(a) for a in answers])
 
 
 def exact_match(prediction: str, answers: str | Sequence[str]) -> bool:
@@ -178,24 +217,77 @@ def mme_scores(records: Iterable[tuple[str, str, str, str]]) -> dict:
         }
     perception = sum(s["score"] for t, s in subtasks.items() if t in MME_PERCEPTION)
     cognition = sum(s["score"] for t, s in subtasks.items() if t in MME_COGNITION)
-    return {"perception": perception, "cognition": cognition, "total": perception + cognition,
-            "subtasks": subtasks}
+    return {"perception": perception, "cognition": cognition, "subtasks": subtasks}
 
 
 # ----------------------------------------------------------------------------------- multiple choice
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_LLAVA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")  # the `.` is any character, as in LLaVA's script
+
+
+def parse_choice_llava(text: str, n_options: int) -> str | None:
+    """LLaVA-1.5's ScienceQA rule (llava/eval/eval_science_qa.py): the bare letter, a letter followed by
+    ". " ("B. blue"), or exactly one "The answer is X" followed by any character; a letter beyond the
+    options, or anything else, is None (scored wrong). `(B)`, `B.`, `B) blue`, `Answer: B` and an
+    option's text are None."""
+    letters = LETTERS[:n_options]
+    if len(text) == 1:
+        letter = text
+    elif len(text) >= 3 and text[0] in LETTERS and text[1:3] == ". ":
+        letter = text[0]
+    else:
+        found = _LLAVA_ANSWER_IS.findall(text)
+        letter = found[0] if len(found) == 1 else ""
+    return letter if letter and letter in letters else None
+
+
+def parse_choice_exact(text: str, n_options: int) -> str | None:
+    """LLaVA-1.5's SEED-Bench rule (scripts/convert_seed_for_submission.py): the answer is the letter
+    itself or nothing."""
+    return text if len(text) == 1 and text in LETTERS[:n_options] else None
+
+
+# MMBench's matcher (`can_infer` in MMBench / VLMEvalKit, without the GPT fallback).
+_MMBENCH_SEPARATORS = ".()[],:;!*#{}"
+_MMBENCH_REFUSALS = (
+    "Sorry, I can't help with images of people yet.", "I can't process this file.",
+    "I'm sorry, but without the image provided", "Cannot determine the answer",
+)
+MMBENCH_NO_ANSWER = "Z"  # MMBench's code for "the model declined": always wrong
+
+
+def parse_choice_mmbench(text: str, options: Sequence[str]) -> str | None:
+    """MMBench's rule: the separators .()[],:;!*#{} become spaces; when exactly one option letter is a
+    word of what remains, that letter ("Option A", "A is correct", "**A**", "(A) cat", "A red circle"
+    → A). Else when exactly one option's text occurs in the answer (case-insensitive), that option.
+    A refusal, or no letter but a word "Z", is "Z" (wrong). Else None."""
+    letters = LETTERS[: len(options)]
+    if any(refusal in text for refusal in _MMBENCH_REFUSALS):
+        return MMBENCH_NO_ANSWER
+    cleaned = text
+    for sep in _MMBENCH_SEPARATORS:
+        cleaned = cleaned.replace(sep, " ")
+    words = cleaned.split()
+    named = [c for c in letters if c in words]
+    if len(named) == 1:
+        return named[0]
+    if not named and MMBENCH_NO_ANSWER in words:
+        return MMBENCH_NO_ANSWER
+    lower = text.lower()
+    hits = [c for c, opt in zip(letters, options, strict=False) if str(opt).lower() in lower]
+    return hits[0] if len(hits) == 1 else None
+
+
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)|\.|:|$)")
 _ANSWER_IS = re.compile(r"answer(?: is|:)\s*\(?([A-Z])\b\)?", re.IGNORECASE)
 
 
-def parse_choice(text: str, options: Sequence[str]) -> str | None:
-    """The option letter an answer names, or None when it names none.
-
-    Accepted: the bare letter ("B"), a letter then ".", ")" or ":" ("B. blue", "(B)"), "The answer is B",
-    the letter followed by its option's text ("B blue"), or exactly one option's text ("blue").
-    A sentence starting with the article "A" ("A red circle") is not read as option A.
-    """
+def parse_choice_lenient(text: str, options: Sequence[str]) -> str | None:
+    """A lenient reading (a second metric, never a headline): the bare letter, a letter then ".", ")"
+    or ":" ("B. blue", "(B)"), "The answer is B" / "answer: B", the letter followed by its option's
+    text ("B blue"), or exactly one option's text ("blue"). A sentence starting with the article "A"
+    ("A red circle") is not read as option A."""
     letters = LETTERS[: len(options)]
     text = text.strip()
     if not text:
