@@ -109,6 +109,12 @@ def protocol_for(fmt: str, protocol: str | None) -> str:
     return name
 
 
+def protocol_record(fmt: str, protocol: str | None) -> dict[str, str]:
+    """What scores.json keeps about the protocol: its name, parsing rule and reference."""
+    name = protocol_for(fmt, protocol)
+    return {"name": name, **asdict(PROTOCOLS[name])}
+
+
 def prompt_text(sample: Sample) -> str:
     """The user turn: one `<image>` line per image, the question, options, and the format's suffix.
     MME's own "Please answer yes or no." is replaced by the short-answer suffix, as LLaVA-1.5 runs MME."""
@@ -213,8 +219,7 @@ def score_benchmark(fmt: str, samples: Sequence[Sample], verdicts: Sequence[dict
     parsing rule, reference) is recorded with them."""
     if len(samples) != len(verdicts):
         raise ValueError(f"{len(verdicts)} verdicts for {len(samples)} samples")
-    name = protocol_for(fmt, protocol)
-    recorded = {"protocol": {"name": name, **asdict(PROTOCOLS[name])}}
+    recorded = {"protocol": protocol_record(fmt, protocol)}
     values = [float(v["score"]) for v in verdicts]
     if fmt == "mc":
         return _score_mc(samples, verdicts, values) | recorded

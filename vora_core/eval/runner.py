@@ -27,7 +27,7 @@ import torch
 from vora_core.catalog import Catalog
 from vora_core.errors import DataError, StageError
 from vora_core.eval import heldout
-from vora_core.eval.formats import Sample, judge, prompt_text, score_benchmark
+from vora_core.eval.formats import Sample, judge, prompt_text, protocol_record, score_benchmark
 from vora_core.eval.loaders import Benchmark, load_benchmark
 from vora_core.eval.prompts import Encoded, PromptEncoder, left_pad, open_image
 from vora_core.workdir import (
@@ -193,7 +193,7 @@ def evaluate_benchmark(loaded: Loaded, bench: Benchmark, out_dir: Path, batch_si
     reasons = Counter(_reason(r["reason"]) for r in bench.rejects)
     reasons.update(_reason(e) for e in errors.values())
     scores = (score_benchmark(bench.format, scored, verdicts, bench.protocol) if scored
-              else {"main": None, "value": None})
+              else {"main": None, "value": None, "protocol": protocol_record(bench.format, bench.protocol)})
     scores.update(
         benchmark=bench.name, format=bench.format, scored=len(scored), rejected=len(bench.rejects) + len(errors),
         rejected_by_reason=dict(sorted(reasons.items())), seconds=round(seconds, 3),
