@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from vora_core.data.sources import COLOURS, POSITIONS, SHAPES
 
@@ -43,3 +45,13 @@ def tiny_eval(tmp_path_factory) -> dict[str, Path]:
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
         dirs[name] = save_vora(model, root / name, tokenizer)
     return dirs
+
+
+def png(path: Path | None = None, colour=(200, 10, 10)) -> bytes:
+    """A tiny PNG's bytes, also written to `path` when given (benchmark files' images)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), colour).save(buf, "PNG")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.getvalue())
+    return buf.getvalue()

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
+from tests.eval.conftest import png
 from vora_core.errors import DataError
 from vora_core.eval.loaders import load_benchmark
-
-
-def png(path: Path | None = None, colour=(200, 10, 10)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 6), colour).save(buf, "PNG")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(buf.getvalue())
-    return buf.getvalue()
 
 
 def test_pope(tmp_path):

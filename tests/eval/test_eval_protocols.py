@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval.test_eval_loaders import png
+from tests.eval.conftest import png
 from vora_core.eval.formats import SHORT_SUFFIX, judge, prompt_text, score_benchmark
 from vora_core.eval.loaders import Benchmark, load_benchmark
 
