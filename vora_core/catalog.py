@@ -439,7 +439,8 @@ class TextSource(Strict):
     format: Literal["sharegpt", "messages", "prompt_response", "llava", "shapes_vqa"]
     path: str | None = Field(None, description="jsonl / json / parquet file, directory or glob (local or fsspec URL)")
     file_format: Literal["jsonl", "json", "parquet"] | None = Field(None, description="default: from the suffix")
-    id_col: str | None = Field(None, description="a unique id per row; default: `id` when present, else the row number")
+    id_col: str | None = Field(None, description="a unique id per row; default: `id` when present, else the row "
+                               "number (llava: the row number, as its `id` repeats)")
     conversations_col: str = "conversations"
     messages_col: str = "messages"
     prompt_col: str = Field("question", description="prompt_response: the user turn")

@@ -270,8 +270,9 @@ def _run_img2dataset(rows: pa.Table, tmp: Path, settings: DownloadSettings, extr
         raise StageError(f"img2dataset exited with code {rc}:\n{tail}")
 
 
-def _process(data: bytes | None, settings: DownloadSettings) -> tuple[bytes | None, dict]:
-    """Decode, check, resize, encode one image. Returns (bytes or None, row fields)."""
+def process_image(data: bytes | None, settings: DownloadSettings) -> tuple[bytes | None, dict]:
+    """Decode, check, resize, encode one image (the download stage, llava and parquet_images alike).
+    Returns (bytes or None, row fields)."""
     try:
         arr = images.decode_bgr(data or b"", max_pixels=settings.max_image_area,
                                 draft_size=settings.image_size if settings.resize_mode != "no" else None)
@@ -296,7 +297,7 @@ def _write_shard(tar_path: Path, items: list[dict], settings: DownloadSettings) 
     # OpenCV and Pillow release the GIL while decoding, resizing and encoding: threads scale.
     with ThreadPoolExecutor(max_workers=max(1, settings.processes_count)) as pool:
         processed = list(pool.map(
-            lambda it: _process(it["_bytes"], settings) if it["status"] is None else (None, {}), items))
+            lambda it: process_image(it["_bytes"], settings) if it["status"] is None else (None, {}), items))
     statuses: Counter = Counter()
     reasons: Counter = Counter()
     records = []

@@ -10,19 +10,22 @@ with the held-out benchmark's own question builder.
 from __future__ import annotations
 
 import hashlib
-import io
 import random
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vora_core.catalog import Catalog, TextSource
+from vora_core.catalog import Catalog, DownloadSettings, TextSource
 from vora_core.data.conversations import IMAGE, PartWriter, Reject, convert, read_rows, row_id
 from vora_core.errors import DataError
 from vora_core.workdir import atomic_path
 
 IMAGES_PER_SHARD = 10_000
+ROW_SCHEMA = pa.schema([("key", pa.string()), ("row_id", pa.string()), ("url", pa.string()),
+                        ("caption", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
+                        ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
+                        ("original_height", pa.int32()), ("sha256", pa.string())])
 
 
 def ingest(catalog: Catalog, name: str, out_dir: Path) -> dict:
@@ -51,44 +54,48 @@ def ingest(catalog: Catalog, name: str, out_dir: Path) -> dict:
 
 
 class _ImageShards:
-    """LLaVA images → `shards/<source>/NNNNN.tar` with the row table the `images` view reads."""
+    """LLaVA images → `shards/<source>/NNNNN.tar` with the row table the `images` view reads.
 
-    def __init__(self, shards_dir: Path) -> None:
-        self.dir = shards_dir
+    Each distinct file is stored once, decoded, checked, resized and re-encoded exactly as the download
+    stage does (`process_image`: EXIF orientation, mode conversion, bomb limit, first frame of an
+    animation): a file that fails is a row of the table with its status and error (view
+    `download_failures`), never a tar member, and every conversation using it is rejected."""
+
+    def __init__(self, shards_dir: Path, settings: DownloadSettings) -> None:
+        self.dir, self.settings = shards_dir, settings
         self.shard, self.rows, self.writer = 0, [], None
-        self.keys: dict[str, str] = {}  # LLaVA asks many questions about one image: store it once
+        self.keys: dict[str, str | Reject] = {}  # LLaVA asks many questions about one image: once per file
 
     def add(self, path: Path, rel: str) -> str:
-        """Store the image (once per path); return its key (shard number + row)."""
-        from PIL import Image
-
+        """Store the image (once per path); return its key (shard number + row), or raise its `Reject`."""
+        from vora_core.data.download import process_image
         from vora_core.data.shards import ShardWriter
 
-        if rel in self.keys:
-            return self.keys[rel]
-        data = path.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                ext = (img.format or "jpeg").lower().replace("jpeg", "jpg")
-        except Exception as e:  # noqa: BLE001 - any decoder error means the file is not an image
-            raise Reject("missing_image", f"{rel}: unreadable ({e})") from None
-        if self.writer is None:
-            self.writer = ShardWriter(self.dir / f"{self.shard:05d}.tar")
-        key = f"{self.shard:05d}{len(self.rows):05d}"
-        self.writer.write(key, {ext: data, "json": {"key": key, "image": rel}})
-        self.rows.append({"key": key, "row_id": rel, "url": path.resolve().as_uri(), "caption": None,
-                          "status": "success", "error_message": None, "width": width, "height": height,
-                          "original_width": width, "original_height": height,
-                          "sha256": hashlib.sha256(data).hexdigest()})
-        self.keys[rel] = key
-        if len(self.rows) >= IMAGES_PER_SHARD:
-            self.commit()
-        return key
+        if rel not in self.keys:
+            data = path.read_bytes()
+            encoded, fields = process_image(data, self.settings)
+            if self.writer is None:
+                self.writer = ShardWriter(self.dir / f"{self.shard:05d}.tar")
+            key = f"{self.shard:05d}{len(self.rows):05d}"
+            row = {"key": key, "row_id": rel, "url": path.resolve().as_uri(), "caption": None, "width": None,
+                   "height": None, "original_width": None, "original_height": None,
+                   "sha256": hashlib.sha256(data).hexdigest(), **fields}
+            self.rows.append(row)
+            if encoded is None:
+                self.keys[rel] = Reject("bad_image", f"{rel}: {fields['error_message']}")
+            else:
+                self.writer.write(key, {self.settings.encode_format: encoded, "json": {"key": key, "image": rel}})
+                self.keys[rel] = key
+            if len(self.rows) >= IMAGES_PER_SHARD:
+                self.commit()
+        found = self.keys[rel]
+        if isinstance(found, Reject):
+            raise found
+        return found
 
     def commit(self) -> None:
         if self.writer is not None:
-            self.writer.commit(pa.Table.from_pylist(self.rows))
+            self.writer.commit(pa.Table.from_pylist(self.rows, schema=ROW_SCHEMA))
             self.shard, self.rows, self.writer = self.shard + 1, [], None
 
 
@@ -99,7 +106,7 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
     shards_dir = catalog.run.shards(name)
     with atomic_path(shards_dir) as tmp:
         tmp.mkdir(parents=True)
-        shards = _ImageShards(tmp)
+        shards = _ImageShards(tmp, catalog.download)
         for n, row in enumerate(read_rows(src)):
             sid = None
             try:
