@@ -86,7 +86,7 @@ def test_broken_images_are_rejects_and_never_reach_the_mixture(tmp_path):
     finally:
         con.close()
     assert len(used) == 8 and all(key is not None for _, _, key in used)  # every image is in the images view
-    for image, shard, key in used:  # ... and loads, as the training loader reads it
+    for _, shard, key in used:  # ... and loads, as the training loader reads it
         with ShardReader(c.run.shards("llava") / f"{shard}.tar") as reader:
             assert reader.image(key).size == sizes[reader.meta(key)["image"]]
     with ShardReader(c.run.shards("llava") / f"{rotated[0]}.tar") as reader:
