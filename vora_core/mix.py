@@ -209,26 +209,29 @@ def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[s
     join = ("" if c.policy == "alt" else
             "LEFT JOIN (SELECT * FROM captions WHERE source = '{source}' AND shard IN ({shards})) c "
             "ON c.key = i.key")
-    prompts = _list(c.prompts)
-    rep = "" if c.repeat == 1 else f", unnest(range({c.repeat})) AS rep"
-    sample_id = "'cap/' || x.image" + ("" if c.repeat == 1 else " || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END")
     select = f"""
-        SELECT {sample_id} AS sample_id, 'caption' AS kind, '{{source}}' AS source, x.image,
-               NULL::{MESSAGES} AS messages, '{{source}}' AS weight_source, NULL::BIGINT AS text_idx,
-               list_extract({prompts}, 1 + (hash({m.seed}, x.image) % {len(c.prompts)})::BIGINT) AS prompt,
-               caption_from, (chars + {len(IMAGE_TURN_PREFIX)} + length(prompt))::INTEGER AS chars,
-               x.h, d.h IS NOT NULL AS dup
-        FROM (SELECT *{rep} FROM (
-            SELECT i.sample_id AS image, hash(coalesce(i.sha256, i.sample_id)) AS h, {use} AS caption_from,
-                   {chars} AS chars
-            FROM images i {join}
-            WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big})) x
-        LEFT JOIN read_parquet({_q(dups_file)}) d ON d.h = x.h
-        WHERE caption_from IS NOT NULL"""
+        SELECT '{{source}}' AS source, i.sample_id AS image, hash(coalesce(i.sha256, i.sample_id)) AS h,
+               {use} AS caption_from, {chars} AS chars, d.h IS NOT NULL AS dup
+        FROM images i {join}
+        LEFT JOIN read_parquet({_q(dups_file)}) d ON d.h = hash(coalesce(i.sha256, i.sample_id))
+        WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big} AND caption_from IS NOT NULL"""
     return dups, funnel, select
 
 
-PART_COLUMNS = "sample_id, kind, source, image, messages, weight_source, text_idx, prompt, caption_from, chars"
+def caption_rows_sql(m: MixtureSettings, rows: str) -> str:
+    """The mixture part rows of `rows` (a FROM item of `caption_sql`'s batch rows): a prompt per image
+    by hash(seed, image), `repeat` copies."""
+    c = m.captions
+    assert c is not None
+    prompts = _list(c.prompts)
+    rep = "" if c.repeat == 1 else f", unnest(range({c.repeat})) AS rep"
+    sample_id = "'cap/' || x.image" + ("" if c.repeat == 1 else " || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END")
+    return f"""
+        SELECT {sample_id} AS sample_id, 'caption' AS kind, x.source, x.image, NULL::{MESSAGES} AS messages,
+               x.source AS weight_source, NULL::BIGINT AS text_idx,
+               list_extract({prompts}, 1 + (hash({m.seed}, x.image) % {len(c.prompts)})::BIGINT) AS prompt,
+               x.caption_from, (x.chars + {len(IMAGE_TURN_PREFIX)} + length(prompt))::INTEGER AS chars
+        FROM (SELECT *{rep} FROM {rows}) x"""
 
 
 def dedup_sql(candidates: str) -> str:
@@ -236,8 +239,8 @@ def dedup_sql(candidates: str) -> str:
     one with the smallest hash(sample_id): a copy with a caption under the policy always wins over one
     without, and the choice is the same in every mixture (integers only, no string min)."""
     return f"""
-        SELECT {PART_COLUMNS} FROM {candidates} c
-        WHERE hash(c.image) = (SELECT min(hash(o.image)) FROM {candidates} o WHERE o.h = c.h)"""
+        (SELECT * FROM {candidates} c
+         WHERE hash(c.image) = (SELECT min(hash(o.image)) FROM {candidates} o WHERE o.h = c.h))"""
 
 
 def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Path) -> tuple[dict, int]:
@@ -266,10 +269,10 @@ def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Pat
             sql = select.replace("{source}", source.replace("'", "''")).replace(
                 "{shards}", ", ".join(_q(s) for s in shards))
             cur.execute(f"CREATE TEMP TABLE batch AS {sql}")
-            kept = cur.execute(f"COPY (SELECT {PART_COLUMNS} FROM batch WHERE NOT dup) TO "
+            kept = cur.execute(f"COPY ({caption_rows_sql(m, '(SELECT * FROM batch WHERE NOT dup)')}) TO "
                                f"{_q(str(out / f'part-{i:05d}.parquet'))} (FORMAT parquet)").fetchall()[0][0]
-            cur.execute(f"COPY (SELECT {PART_COLUMNS}, h FROM batch WHERE dup) TO "
-                        f"{_q(str(out / f'_dup-{i:05d}.parquet'))} (FORMAT parquet)")
+            cur.execute(f"COPY (SELECT * FROM batch WHERE dup) TO {_q(str(out / f'_dup-{i:05d}.parquet'))} "
+                        "(FORMAT parquet)")
             return kept
         finally:
             cur.close()
@@ -283,8 +286,9 @@ def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Pat
         try:
             cur.execute("SET threads = 1; SET preserve_insertion_order = true; "
                         "SET disabled_optimizers = 'build_side_probe_side'")
-            rows += cur.execute(f"COPY ({dedup_sql(f'read_parquet({_list(dup_files)})')}) TO "
-                                f"{_q(str(out / f'part-{parts:05d}.parquet'))} (FORMAT parquet)").fetchall()[0][0]
+            kept = caption_rows_sql(m, dedup_sql(f"read_parquet({_list(dup_files)})"))
+            rows += cur.execute(f"COPY ({kept}) TO {_q(str(out / f'part-{parts:05d}.parquet'))} "
+                                "(FORMAT parquet)").fetchall()[0][0]
         finally:
             cur.close()
         parts += 1
