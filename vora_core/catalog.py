@@ -82,8 +82,18 @@ class ParquetImagesSource(Strict):
     path: str
     id_col: str = "id"
     image_col: str = Field("image", description="binary column, or struct with a `bytes` field, or a list")
-    caption_col: str | None = None
+    caption_col: str | None = Field(None, description="alt text column")
     conversations_col: str | None = "conversations"
+    recaptioned: bool = Field(
+        False, description="the rows carry their recaption (the released VoRA recap parquet): the last assistant turn "
+        "of `conversations_col` is the image's caption, which the recaption stage keeps instead of captioning the image "
+        "again (an image without one is captioned)")
+
+    @model_validator(mode="after")
+    def _recaption_column(self) -> ParquetImagesSource:
+        if self.recaptioned and not self.conversations_col:
+            raise ValueError("recaptioned: the captions are read from `conversations_col`; set it")
+        return self
 
 
 Source = Annotated[

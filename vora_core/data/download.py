@@ -328,7 +328,9 @@ def _row_schema(records: list[dict]) -> pa.Schema:
              "original_width": pa.int32(), "original_height": pa.int32(), "sha256": pa.string()}
     extra = [k for k in dict.fromkeys(k for r in records for k in r) if k not in fixed]
     inferred = pa.Table.from_pylist([{k: r.get(k) for k in extra} for r in records]).schema if extra else []
-    return pa.schema([*fixed.items(), *[(f.name, f.type) for f in inferred]])
+    # A column with no value in this shard (no recaption, say) is text, not Arrow's null type.
+    return pa.schema([*fixed.items(), *[(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                                        for f in inferred]])
 
 
 def _key(shard: int, row: int, settings: DownloadSettings) -> str:
@@ -405,10 +407,25 @@ def _shards_from_parquet(src, rows: pa.Table, shards_dir: Path, first_shard: int
                 "width": None, "height": None, "original_width": None, "original_height": None,
                 "sha256": _sha256(data) if data else None,
                 "conversations": json.dumps(conv, default=str) if conv is not None else None,
+                **({"recaption": provided_caption(conv)} if src.recaptioned else {}),
                 "_bytes": data,
             })
         results.append(_write_shard(shards_dir / f"{first_shard + s:05d}.tar", items, settings))
     return results
+
+
+def provided_caption(conversations) -> str | None:
+    """The caption a recaptioned row carries: its conversation's last assistant turn, stripped (None if blank)."""
+    from vora_core.data.conversations import ROLES
+
+    for turn in reversed(conversations if isinstance(conversations, list | tuple) else []):
+        if not isinstance(turn, dict):
+            continue
+        role = ROLES.get(str(turn.get("from", turn.get("role"))).lower())
+        text = turn.get("value", turn.get("content"))
+        if role == "assistant" and isinstance(text, str):
+            return text.replace("<image>", "").strip() or None
+    return None
 
 
 def _sha256(data: bytes) -> str:
