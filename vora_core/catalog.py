@@ -384,6 +384,9 @@ class TrainSettings(Strict):
     checkpoint_every: int = Field(500, gt=0, description="optimizer steps between checkpoints (and one at the end)")
     keep_last: int = Field(2, gt=0, description="checkpoints kept")
     nan_tolerance: int = Field(5, gt=0, description="this many non-finite steps in a row stop the run")
+    max_skipped_share: float = Field(
+        0.01, ge=0, le=1, description="a sample whose image fails to load is skipped (counted in metrics.jsonl); "
+        "more than this share of the mixture's samples skipped (per epoch begun) stops the run")
     num_workers: int = Field(2, ge=0, description="DataLoader workers per rank (and sample-index processes)")
     system_prompt: str | None = Field(None, description="added when a conversation has none; null: the template's")
     nproc_per_node: int = Field(1, gt=0)
