@@ -10,7 +10,9 @@ with the held-out benchmark's own question builder.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,6 +24,7 @@ from vora_core.errors import DataError
 from vora_core.workdir import atomic_path
 
 IMAGES_PER_SHARD = 10_000
+DECODE_CHUNK = 512  # llava rows whose images are decoded side by side
 ROW_SCHEMA = pa.schema([("key", pa.string()), ("row_id", pa.string()), ("url", pa.string()),
                         ("caption", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
                         ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
@@ -65,6 +68,18 @@ class _ImageShards:
         self.dir, self.settings = shards_dir, settings
         self.shard, self.rows, self.writer = 0, [], None
         self.keys: dict[str, str | Reject] = {}  # LLaVA asks many questions about one image: once per file
+        self.ready: dict[str, tuple[bytes, bytes | None, dict]] = {}  # rel → (file, encoded, row fields)
+
+    def prepare(self, files: dict[str, Path], pool) -> None:
+        """Decode the files not stored yet side by side (OpenCV and Pillow release the GIL)."""
+        from vora_core.data.download import process_image
+
+        def load(item: tuple[str, Path]) -> tuple[str, tuple[bytes, bytes | None, dict]]:
+            data = item[1].read_bytes()
+            return item[0], (data, *process_image(data, self.settings))
+
+        new = [(rel, path) for rel, path in files.items() if rel not in self.keys and rel not in self.ready]
+        self.ready.update(pool.map(load, new))
 
     def add(self, path: Path, rel: str) -> str:
         """Store the image (once per path); return its key (shard number + row), or raise its `Reject`."""
@@ -72,8 +87,11 @@ class _ImageShards:
         from vora_core.data.shards import ShardWriter
 
         if rel not in self.keys:
-            data = path.read_bytes()
-            encoded, fields = process_image(data, self.settings)
+            if rel in self.ready:
+                data, encoded, fields = self.ready.pop(rel)
+            else:
+                data = path.read_bytes()
+                encoded, fields = process_image(data, self.settings)
             if self.writer is None:
                 self.writer = ShardWriter(self.dir / f"{self.shard:05d}.tar")
             key = f"{self.shard:05d}{len(self.rows):05d}"
@@ -104,25 +122,33 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
     if not image_dir.is_dir():
         raise DataError(f"text_sources.{name}.image_dir: {image_dir} is not a directory")
     shards_dir = catalog.run.shards(name)
-    with atomic_path(shards_dir) as tmp:
+    with atomic_path(shards_dir) as tmp, ThreadPoolExecutor(max(1, catalog.download.processes_count)) as pool:
         tmp.mkdir(parents=True)
         shards = _ImageShards(tmp, catalog.download)
-        for n, row in enumerate(read_rows(src)):
-            sid = None
-            try:
-                if isinstance(row, Reject):
-                    raise row
-                sid = row_id(row, src, n)
-                messages = convert(row, src)
-                image = None
-                if row.get("image"):
-                    path = image_dir / str(row["image"])
-                    if not path.is_file():
-                        raise Reject("missing_image", str(row["image"]))
-                    image = f"{name}/{shards.add(path, str(row['image']))}"
-                writer.add(sid, messages, image)
-            except Reject as e:
-                writer.reject(n, sid, e)
+        rows = enumerate(read_rows(src))
+        while chunk := list(itertools.islice(rows, DECODE_CHUNK)):
+            # The chunk's images are decoded in parallel first; rows are then handled in order, so keys and
+            # shards do not depend on the threads.
+            shards.prepare({str(r["image"]): image_dir / str(r["image"]) for _, r in chunk
+                            if isinstance(r, dict) and r.get("image") and (image_dir / str(r["image"])).is_file()},
+                           pool)
+            for n, row in chunk:
+                sid = None
+                try:
+                    if isinstance(row, Reject):
+                        raise row
+                    sid = row_id(row, src, n)
+                    messages = convert(row, src)
+                    image = None
+                    if row.get("image"):
+                        path = image_dir / str(row["image"])
+                        if not path.is_file():
+                            raise Reject("missing_image", str(row["image"]))
+                        image = f"{name}/{shards.add(path, str(row['image']))}"
+                    writer.add(sid, messages, image)
+                except Reject as e:
+                    writer.reject(n, sid, e)
+            shards.ready.clear()  # images of rows that were rejected before their image was needed
         shards.commit()
     # The tar paths in the shard row tables are relative to their folder, so the rename keeps them valid.
 
