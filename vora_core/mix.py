@@ -34,7 +34,7 @@ from vora_core.workdir import Unit, atomic_path, atomic_write_json, fingerprint,
 
 STAGE = "mix"
 MIXTURES = ("pretrain", "finetune")
-MIXTURE_FORMAT = 2  # part of a mixture unit's fingerprint: a change of the part columns rebuilds old runs'
+MIXTURE_FORMAT = 3  # in a mixture unit's fingerprint: a change rebuilds old runs' (3: dedup prefers a captioned copy)
 
 
 # ----------------------------------------------------------------------------------------- plan
