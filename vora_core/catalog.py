@@ -82,8 +82,18 @@ class ParquetImagesSource(Strict):
     path: str
     id_col: str = "id"
     image_col: str = Field("image", description="binary column, or struct with a `bytes` field, or a list")
-    caption_col: str | None = None
+    caption_col: str | None = Field(None, description="alt text column")
     conversations_col: str | None = "conversations"
+    recaptioned: bool = Field(
+        False, description="the rows carry their recaption (the released VoRA recap parquet): the last assistant turn "
+        "of `conversations_col` is the image's caption, which the recaption stage keeps instead of captioning the image "
+        "again (an image without one is captioned)")
+
+    @model_validator(mode="after")
+    def _recaption_column(self) -> ParquetImagesSource:
+        if self.recaptioned and not self.conversations_col:
+            raise ValueError("recaptioned: the captions are read from `conversations_col`; set it")
+        return self
 
 
 Source = Annotated[
@@ -374,6 +384,9 @@ class TrainSettings(Strict):
     checkpoint_every: int = Field(500, gt=0, description="optimizer steps between checkpoints (and one at the end)")
     keep_last: int = Field(2, gt=0, description="checkpoints kept")
     nan_tolerance: int = Field(5, gt=0, description="this many non-finite steps in a row stop the run")
+    max_skipped_share: float = Field(
+        0.01, ge=0, le=1, description="a sample whose image fails to load is skipped (counted in metrics.jsonl); "
+        "more than this share of the mixture's samples skipped (per epoch begun) stops the run")
     num_workers: int = Field(2, ge=0, description="DataLoader workers per rank (and sample-index processes)")
     system_prompt: str | None = Field(None, description="added when a conversation has none; null: the template's")
     nproc_per_node: int = Field(1, gt=0)
@@ -439,7 +452,8 @@ class TextSource(Strict):
     format: Literal["sharegpt", "messages", "prompt_response", "llava", "shapes_vqa"]
     path: str | None = Field(None, description="jsonl / json / parquet file, directory or glob (local or fsspec URL)")
     file_format: Literal["jsonl", "json", "parquet"] | None = Field(None, description="default: from the suffix")
-    id_col: str | None = Field(None, description="a unique id per row; default: `id` when present, else the row number")
+    id_col: str | None = Field(None, description="a unique id per row; default: `id` when present, else the row "
+                               "number (llava: the row number, as its `id` repeats)")
     conversations_col: str = "conversations"
     messages_col: str = "messages"
     prompt_col: str = Field("question", description="prompt_response: the user turn")

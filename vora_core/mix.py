@@ -4,9 +4,9 @@ Units, in order: `text:<source>` (vora_core.data.text.ingest → `text/<source>/
 `mixture:pretrain` and `mixture:finetune` (`mixture/<stage>/part-*.parquet` + `stats.json`).
 
 A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
-* caption samples: downloaded images of sufficient size, one per sha256 across sources (the one with
-  the smallest hash(sample_id)), with a caption under the policy (`recap` | `alt` | `recap_or_alt`)
-  not carrying an excluded flag, and a prompt chosen per sample by hash(seed, sample_id) from the
+* caption samples: downloaded images of sufficient size with a caption under the policy (`recap` |
+  `alt` | `recap_or_alt`) not carrying an excluded flag, one per sha256 across sources (of the copies
+  with such a caption, the one with the smallest hash(sample_id)), and a prompt chosen per sample by hash(seed, sample_id) from the
   catalog's list; written in batches of shards (one part each) so the captions join never spills;
 * text/VQA sources by `repeat` (a factor on the source's rows) or `weight` (a share of the final
   mixture). Counts are exact integers. A fractional copy takes the rows whose rank under a seeded
@@ -27,13 +27,14 @@ from typing import Any
 
 from vora_core.catalog import Catalog, MixtureSettings
 from vora_core.data.conversations import TEXT_FORMAT
+from vora_core.data.download import OUTPUT_SETTINGS
 from vora_core.data.text_views import IMAGE_TURN_PREFIX, MESSAGES
 from vora_core.errors import DataError
 from vora_core.workdir import Unit, atomic_path, atomic_write_json, fingerprint, read_marker
 
 STAGE = "mix"
 MIXTURES = ("pretrain", "finetune")
-MIXTURE_FORMAT = 2  # part of a mixture unit's fingerprint: a change of the part columns rebuilds old runs'
+MIXTURE_FORMAT = 3  # in a mixture unit's fingerprint: a change rebuilds old runs' (3: dedup prefers a captioned copy)
 
 
 # ----------------------------------------------------------------------------------------- plan
@@ -64,8 +65,10 @@ def _text_inputs(catalog: Catalog, name: str) -> list:
 
 def text_unit(catalog: Catalog, name: str) -> Unit:
     src = catalog.text_sources[name]
+    # llava images are decoded, resized and re-encoded with the download settings
+    images = {k: getattr(catalog.download, k) for k in OUTPUT_SETTINGS} if src.format == "llava" else None
     fp = fingerprint("text", TEXT_FORMAT, src.model_dump(mode="json"), catalog.seed, catalog.mix.rows_per_part,
-                     _text_inputs(catalog, name))
+                     _text_inputs(catalog, name), images)
     return Unit(stage=STAGE, id=f"text:{name}", output=str(catalog.run.text(name)), fingerprint=fp,
                 params={"kind": "text", "name": name})
 
@@ -166,25 +169,26 @@ def caption_batches(catalog: Catalog, m: MixtureSettings) -> list[tuple[str, lis
 
 def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[str, str, str]:
     """Over the `images` and `captions` views: the duplicated images (COPY into `dups_file`), the image
-    funnel's counts, and the caption samples' SELECT of one batch (`{source}` and `{shards}` filled in).
+    funnel's counts, and the caption samples' SELECT of one batch (`{source}` and `{shards}` filled in),
+    with `h` (the image's sha256 hash) and `dup` (it has copies elsewhere).
 
     Why this shape: at paper scale (30M images) one hash join holding every caption, or a sort,
     spills to disk many times over, and copying every caption into the mixture costs more than all
-    the rest. So dedup comes first, over the images alone and on integers: per sha256 seen more than
-    once (as a 64-bit hash; a false collision, p ~ 2e-5 at 30M images, would cost one image and never
-    give an image a wrong caption) the image to keep, the one with the smallest hash(sample_id)
-    (seeded by nothing: the same choice in every mixture). Then each batch of shards joins its own
-    captions (file filters prune the views to those shards), so the build side stays small, and a
-    caption row records which text it uses (`caption_from`: recap | alt) and its prompt instead of a
-    copy of the text: `vora_core.data.text_views.resolved_sql` builds its messages when it is read."""
+    the rest. So duplicates are found first, over the images alone and on integers: the sha256 values
+    seen more than once (as a 64-bit hash; a false collision, p ~ 2e-5 at 30M images, would cost one
+    image and never give an image a wrong caption). Then each batch of shards joins its own captions
+    (file filters prune the views to those shards), so the build side stays small, and a caption row
+    records which text it uses (`caption_from`: recap | alt) and its prompt instead of a copy of the
+    text: `vora_core.data.text_views.resolved_sql` builds its messages when it is read. Which copy of a
+    duplicate to keep needs its caption, so that is decided last, over the batches' usable copies only
+    (`dedup_sql`)."""
     c = m.captions
     assert c is not None
     sources = f"i.source IN ({', '.join(_q(s) for s in caption_sources(catalog, m))})"
     big = f"least(i.width, i.height) >= {c.min_side}"
     dups = f"""
-        COPY (SELECT h, min(k) AS keep, count(*) AS copies FROM (
-                  SELECT hash(coalesce(i.sha256, i.sample_id)) AS h, hash(i.sample_id) AS k
-                  FROM images i WHERE {sources} AND {big})
+        COPY (SELECT h, count(*) AS copies FROM (
+                  SELECT hash(coalesce(i.sha256, i.sample_id)) AS h FROM images i WHERE {sources} AND {big})
               GROUP BY h HAVING count(*) > 1) TO {_q(dups_file)} (FORMAT parquet)"""
     funnel = f"""
         SELECT count(*) AS images, count(*) FILTER (WHERE NOT ({big})) AS too_small,
@@ -205,26 +209,43 @@ def caption_sql(catalog: Catalog, m: MixtureSettings, dups_file: str) -> tuple[s
     join = ("" if c.policy == "alt" else
             "LEFT JOIN (SELECT * FROM captions WHERE source = '{source}' AND shard IN ({shards})) c "
             "ON c.key = i.key")
-    prompts = _list(c.prompts)
-    rep = "" if c.repeat == 1 else f", unnest(range({c.repeat})) AS rep"
-    sample_id = "'cap/' || x.image" + ("" if c.repeat == 1 else " || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END")
     select = f"""
-        SELECT {sample_id} AS sample_id, 'caption' AS kind, '{{source}}' AS source, x.image,
-               NULL::{MESSAGES} AS messages, '{{source}}' AS weight_source, NULL::BIGINT AS text_idx,
-               list_extract({prompts}, 1 + (hash({m.seed}, x.image) % {len(c.prompts)})::BIGINT) AS prompt,
-               caption_from, (chars + {len(IMAGE_TURN_PREFIX)} + length(prompt))::INTEGER AS chars
-        FROM (SELECT *{rep} FROM (
-            SELECT i.sample_id AS image, hash(coalesce(i.sha256, i.sample_id)) AS h, {use} AS caption_from,
-                   {chars} AS chars
-            FROM images i {join}
-            WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big})) x
-        LEFT JOIN read_parquet({_q(dups_file)}) d ON d.h = x.h
-        WHERE caption_from IS NOT NULL AND (d.h IS NULL OR d.keep = hash(x.image))"""
+        SELECT '{{source}}' AS source, i.sample_id AS image, hash(coalesce(i.sha256, i.sample_id)) AS h,
+               {use} AS caption_from, {chars} AS chars, d.h IS NOT NULL AS dup
+        FROM images i {join}
+        LEFT JOIN read_parquet({_q(dups_file)}) d ON d.h = hash(coalesce(i.sha256, i.sample_id))
+        WHERE i.source = '{{source}}' AND i.shard IN ({{shards}}) AND {big} AND caption_from IS NOT NULL"""
     return dups, funnel, select
 
 
+def caption_rows_sql(m: MixtureSettings, rows: str) -> str:
+    """The mixture part rows of `rows` (a FROM item of `caption_sql`'s batch rows): a prompt per image
+    by hash(seed, image), `repeat` copies."""
+    c = m.captions
+    assert c is not None
+    prompts = _list(c.prompts)
+    rep = "" if c.repeat == 1 else f", unnest(range({c.repeat})) AS rep"
+    sample_id = "'cap/' || x.image" + ("" if c.repeat == 1 else " || CASE WHEN rep > 0 THEN '#' || rep ELSE '' END")
+    return f"""
+        SELECT {sample_id} AS sample_id, 'caption' AS kind, x.source, x.image, NULL::{MESSAGES} AS messages,
+               x.source AS weight_source, NULL::BIGINT AS text_idx,
+               list_extract({prompts}, 1 + (hash({m.seed}, x.image) % {len(c.prompts)})::BIGINT) AS prompt,
+               x.caption_from, (x.chars + {len(IMAGE_TURN_PREFIX)} + length(prompt))::INTEGER AS chars
+        FROM (SELECT *{rep} FROM {rows}) x"""
+
+
+def dedup_sql(candidates: str) -> str:
+    """Of every duplicated image's usable copies (`candidates`: a FROM item of the batches' `dup` rows), the
+    one with the smallest hash(sample_id): a copy with a caption under the policy always wins over one
+    without, and the choice is the same in every mixture (integers only, no string min)."""
+    return f"""
+        (SELECT * FROM {candidates} c
+         WHERE hash(c.image) = (SELECT min(hash(o.image)) FROM {candidates} o WHERE o.h = c.h))"""
+
+
 def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Path) -> tuple[dict, int]:
-    """The caption parts `part-00000…` (one per batch) and the funnel; returns (funnel, parts)."""
+    """The caption parts `part-00000…` (one per batch, then one of the duplicates kept) and the funnel;
+    returns (funnel, parts)."""
     from concurrent.futures import ThreadPoolExecutor
 
     assert m.captions is not None
@@ -237,7 +258,9 @@ def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Pat
     def write(i: int) -> int:
         # One thread per batch, each batch single-threaded: the images view streams as the join's probe
         # side in file order, so every part is byte-identical on a rerun without an ORDER BY (DuckDB's
-        # parallel probe does not keep insertion order); batches run side by side on the cores.
+        # parallel probe does not keep insertion order); batches run side by side on the cores. The
+        # batch is held once in a temporary table: its copies of duplicated images go aside
+        # (`_dup-NNNNN`), the rest into its part.
         source, shards = batches[i]
         cur = con.cursor()
         try:
@@ -245,18 +268,36 @@ def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Pat
                         "SET disabled_optimizers = 'build_side_probe_side'")
             sql = select.replace("{source}", source.replace("'", "''")).replace(
                 "{shards}", ", ".join(_q(s) for s in shards))
-            return cur.execute(f"COPY ({sql}) TO {_q(str(out / f'part-{i:05d}.parquet'))} "
-                               "(FORMAT parquet)").fetchall()[0][0]
+            cur.execute(f"CREATE TEMP TABLE batch AS {sql}")
+            kept = cur.execute(f"COPY ({caption_rows_sql(m, '(SELECT * FROM batch WHERE NOT dup)')}) TO "
+                               f"{_q(str(out / f'part-{i:05d}.parquet'))} (FORMAT parquet)").fetchall()[0][0]
+            cur.execute(f"COPY (SELECT * FROM batch WHERE dup) TO {_q(str(out / f'_dup-{i:05d}.parquet'))} "
+                        "(FORMAT parquet)")
+            return kept
         finally:
             cur.close()
 
     with ThreadPoolExecutor(max_workers=catalog.mix.threads) as pool:
         rows = sum(pool.map(write, range(len(batches))))
-    Path(dups_file).unlink()
+    dup_files = [str(out / f"_dup-{i:05d}.parquet") for i in range(len(batches))]
+    parts = len(batches)
+    if batches:
+        cur = con.cursor()
+        try:
+            cur.execute("SET threads = 1; SET preserve_insertion_order = true; "
+                        "SET disabled_optimizers = 'build_side_probe_side'")
+            kept = caption_rows_sql(m, dedup_sql(f"read_parquet({_list(dup_files)})"))
+            rows += cur.execute(f"COPY ({kept}) TO {_q(str(out / f'part-{parts:05d}.parquet'))} "
+                                "(FORMAT parquet)").fetchall()[0][0]
+        finally:
+            cur.close()
+        parts += 1
+    for f in [*dup_files, dups_file]:
+        Path(f).unlink()
     used = rows // m.captions.repeat
     funnel = {"images": images, "too_small": too_small, "no_caption": images - too_small - duplicates - used,
               "duplicates": duplicates, "used": used}
-    return funnel, len(batches)
+    return funnel, parts
 
 
 def text_sql(name: str, files: list[str], n: int, count: int, seed: int) -> str:

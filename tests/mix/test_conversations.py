@@ -115,8 +115,11 @@ def test_llava_images_go_into_shards(tmp_path):
     c = catalog(tmp_path, llava={"format": "llava", "path": str(tmp_path / "llava.json"), "image_dir": str(images)})
     ingest(c, "llava", tmp_path / "out")
     out, rejects = read(tmp_path / "out")
-    assert [(r["sample_id"], r["image"]) for r in out] == [("llava/1", "llava/0000000000"), ("llava/2", None)]
-    assert [(r["id"], r["reason"]) for r in rejects] == [("3", "missing_image"), ("4", "image_count_mismatch")]
+    # A llava sample is its row number (LLaVA's `id` names the image and repeats).
+    assert [(r["sample_id"], r["image"]) for r in out] == [("llava/000000000", "llava/0000000000"),
+                                                           ("llava/000000001", None)]
+    assert [(r["id"], r["reason"]) for r in rejects] == [("000000002", "missing_image"),
+                                                         ("000000003", "image_count_mismatch")]
     from vora_core.manifest import open_manifest
 
     con = open_manifest(c.run)
@@ -182,19 +185,19 @@ def test_llava_malformed_rows_and_shared_images(tmp_path):
         {"id": "4", "image": "a.png", "conversations": [{"from": "human", "value": "<image><image>"},
                                                          {"from": "gpt", "value": "x"}]},
         {"id": "5", "image": "a.png", "conversations": [{"from": "gpt", "value": "<image>"}]},
-        {"id": "1", "image": "a.png", "conversations": conv},
+        {"id": "1", "image": "a.png", "conversations": conv},  # a repeated id is another row: kept
         {"image": "a.png", "conversations": "nope"},
     ]))
     c = catalog(tmp_path, l={"format": "llava", "path": str(tmp_path / "l.json"), "image_dir": str(images)})
     stats = ingest(c, "l", tmp_path / "out")
     out, rejects = read(tmp_path / "out")
-    assert [(r["sample_id"], r["image"]) for r in out] == [("l/1", "l/0000000000"), ("l/2", "l/0000000000")]
+    assert [(r["sample_id"], r["image"]) for r in out] == [
+        ("l/000000000", "l/0000000000"), ("l/000000001", "l/0000000000"), ("l/000000005", "l/0000000000")]
     assert [(r["row"], r["reason"]) for r in rejects] == [
-        (2, "missing_image"), (3, "image_count_mismatch"), (4, "first_turn_not_user"), (5, "malformed"),
-        (6, "malformed")]
+        (2, "bad_image"), (3, "image_count_mismatch"), (4, "first_turn_not_user"), (6, "malformed")]
     assert stats["rows"] == stats["written"] + stats["rejected"] == 7
     shard_rows = pq.read_table(c.run.shards("l") / "00000.parquet").to_pylist()
-    assert [r["row_id"] for r in shard_rows] == ["a.png"]
+    assert [(r["row_id"], r["status"]) for r in shard_rows] == [("a.png", "success"), ("broken.png", "failed_to_decode")]
 
 
 def test_non_utf8_json_array_is_a_clear_error(tmp_path):

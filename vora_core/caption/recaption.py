@@ -32,6 +32,7 @@ from vora_core.workdir import Unit, atomic_path, fingerprint, read_marker, run_u
 log = logging.getLogger(__name__)
 
 STAGE = "recaption"
+PROVIDED = "provided"  # engine and model of a caption the source carried (recaptioned sources)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("key", pa.string()), ("caption", pa.string()), ("prompt", pa.string()),
@@ -87,8 +88,9 @@ def plan(catalog: Catalog) -> list[Unit]:
     settings_fp = settings_fingerprint(catalog)
     units = []
     for source in catalog.sources:
+        provided = ["provided captions kept"] if _recaptioned(catalog, source) else []
         for tar in shard_tars(catalog, source):
-            fp = fingerprint(settings_fp, _shard_content(tar))
+            fp = fingerprint(settings_fp, _shard_content(tar), *provided)
             out = catalog.run.captions(source) / f"{tar.stem}.parquet"
             units.append(Unit(stage=STAGE, id=f"{source}/{tar.stem}", output=str(out), fingerprint=fp,
                               params={"source": source, "shard": tar.stem, "tar": str(tar)}))
@@ -98,11 +100,15 @@ def plan(catalog: Catalog) -> list[Unit]:
 # ----------------------------------------------------------------------------------------------- run
 
 
-def _read_images(reader: ShardReader, source: str, settings: RecaptionSettings):
-    """(key, sample_id, prompt, request or None, error) per sample in key order."""
+def _read_images(reader: ShardReader, source: str, settings: RecaptionSettings, skip: dict | None = None):
+    """(key, sample_id, prompt, request or None, error) per sample in key order; the keys in `skip` are not
+    read (no request, no error)."""
     for key in sorted(reader.keys()):
         sample_id = f"{source}/{key}"
         prompt = choose_prompt(settings.prompts, settings.seed, sample_id)
+        if skip and key in skip:
+            yield key, sample_id, prompt, None, None
+            continue
         ext = next((e for e in IMAGE_EXTS if e in reader.exts(key)), None)
         if ext is None:
             yield key, sample_id, prompt, None, f"no image file in the sample (has: {', '.join(reader.exts(key))})"
@@ -137,26 +143,52 @@ def _caption_batch(engine, batch: list[CaptionRequest], settings: RecaptionSetti
     raise AssertionError("unreachable")
 
 
+def _recaptioned(catalog: Catalog, source: str) -> bool:
+    return bool(getattr(catalog.sources.get(source), "recaptioned", False))
+
+
+def provided_captions(tar: Path) -> dict[str, str]:
+    """key → the caption a recaptioned source's row carries (the shard row table's `recaption`)."""
+    table = pq.read_table(tar.with_suffix(".parquet"))
+    if "recaption" not in table.column_names:
+        return {}
+    return {k: c for k, c in zip(table.column("key").to_pylist(), table.column("recaption").to_pylist(), strict=True)
+            if c}
+
+
 def run_unit(catalog: Catalog, unit: Unit) -> dict:
-    """Caption one shard; write `captions/<source>/<shard>.parquet` atomically; return its stats."""
+    """Caption one shard; write `captions/<source>/<shard>.parquet` atomically; return its stats. A
+    recaptioned source's images keep the caption they carry (engine `provided`): the model is loaded
+    only for the images without one."""
     settings = catalog.recaption
     source = unit.params["source"]
     tar = Path(unit.params["tar"])
     if not index_path(tar).exists():
         raise StageError(f"recaption {unit.id}: {index_path(tar)} is missing; rerun the download stage")
     _remove_stale_temporaries(Path(unit.output))
-    model = resolve_model(catalog)
-    engine = get_engine(settings, model, model_identity(catalog))
-    model_name = engine.model if settings.engine == "openai" else settings.model  # served name / `tiny` / path
+    provided = provided_captions(tar) if _recaptioned(catalog, source) else {}
+    engine, model_name = None, settings.model
     started = time.perf_counter()
     rows: list[dict] = []
     pending: list[tuple[dict, CaptionRequest]] = []
     generated = 0
 
+    def load() -> None:
+        nonlocal engine, model_name
+        engine = get_engine(settings, resolve_model(catalog), model_identity(catalog))
+        model_name = engine.model if settings.engine == "openai" else settings.model  # served name / tiny / path
+        for row, _ in pending:
+            row["model"] = model_name
+
+    if not provided:
+        load()
+
     def flush() -> None:
         nonlocal generated
         if not pending:
             return
+        if engine is None:
+            load()
         batch = [req for _, req in pending]
         results = _caption_batch(engine, batch, settings, f"recaption {unit.id}")
         for (row, _), res in zip(pending, results, strict=True):
@@ -171,16 +203,21 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
         pending.clear()
 
     with ShardReader(tar) as reader:
-        for key, sample_id, prompt, request, error in _read_images(reader, source, settings):
+        for key, sample_id, prompt, request, error in _read_images(reader, source, settings, provided):
             row = {"sample_id": sample_id, "key": key, "prompt": prompt, "model": model_name,
                    "engine": settings.engine}
             rows.append(row)
+            if key in provided:
+                text, flags = quality.assess(provided[key], "stop", settings.quality)
+                row.update(prompt=None, model=PROVIDED, engine=PROVIDED, caption=text, n_tokens=0, seconds=0.0,
+                           finish_reason="stop", flags=flags, error=None)
+                continue
             if request is None:
                 row.update(caption=None, n_tokens=0, seconds=0.0, finish_reason="error",
                            flags=[quality.UNDECODABLE_IMAGE], error=error)
                 continue
             pending.append((row, request))
-            if len(pending) >= engine.batch_size:
+            if len(pending) >= (engine.batch_size if engine is not None else settings.batch_size):
                 flush()
         flush()
 
@@ -192,7 +229,8 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     captioned = sum(1 for r in rows if r["caption"])
     stats = {
         "source": source, "shard": unit.params["shard"], "images": len(rows), "captions": captioned,
-        "flags": dict(sorted(flags.items())), "tokens": generated, "seconds": round(seconds, 3),
+        "flags": dict(sorted(flags.items())), "provided": sum(r["engine"] == PROVIDED for r in rows),
+        "tokens": generated, "seconds": round(seconds, 3),
         "images_per_s": round(len(rows) / seconds, 3) if seconds > 0 else None,
         "tokens_per_s": round(generated / seconds, 2) if seconds > 0 else None,
         "engine": settings.engine, "model": model_name,

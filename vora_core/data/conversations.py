@@ -28,14 +28,14 @@ IMAGE = "<image>"
 ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 REASONS = ("unknown_role", "empty_content", "first_turn_not_user", "last_turn_not_assistant",
-           "roles_not_alternating", "image_count_mismatch", "missing_image", "not_utf8", "malformed")
+           "roles_not_alternating", "image_count_mismatch", "missing_image", "bad_image", "not_utf8", "malformed")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 # `chars`: the length of every message's content, summed (the mixture's token estimate reads it, not
 # the messages). TEXT_FORMAT is part of a text unit's fingerprint: a change re-ingests old runs.
 TEXT_SCHEMA = pa.schema([("sample_id", pa.string()), ("source", pa.string()), ("idx", pa.int64()),
                          ("image", pa.string()), ("messages", pa.list_(MESSAGE)), ("chars", pa.int32())])
-TEXT_FORMAT = 2
+TEXT_FORMAT = 3  # 3: llava rows are their row number; llava images decoded like downloads
 REJECT_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("id", pa.string()),
                            ("reason", pa.string()), ("detail", pa.string())])
 
@@ -214,7 +214,10 @@ def convert(row: dict, src: TextSource) -> list[dict]:
 
 
 def row_id(row: dict, src: TextSource, n: int) -> str:
-    col = src.id_col or ("id" if "id" in row else None)
+    """The row's id within its source: `id_col`, else `id` when present, else the row number. LLaVA's `id`
+    names the image, which several rows share (one COCO image: a conversation, a detail and VQA rows),
+    so a llava row is its row number unless `id_col` is set."""
+    col = src.id_col or ("id" if "id" in row and src.format != "llava" else None)
     if col is None:
         return f"{n:09d}"
     value = row.get(col)

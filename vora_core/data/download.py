@@ -270,8 +270,9 @@ def _run_img2dataset(rows: pa.Table, tmp: Path, settings: DownloadSettings, extr
         raise StageError(f"img2dataset exited with code {rc}:\n{tail}")
 
 
-def _process(data: bytes | None, settings: DownloadSettings) -> tuple[bytes | None, dict]:
-    """Decode, check, resize, encode one image. Returns (bytes or None, row fields)."""
+def process_image(data: bytes | None, settings: DownloadSettings) -> tuple[bytes | None, dict]:
+    """Decode, check, resize, encode one image (the download stage, llava and parquet_images alike).
+    Returns (bytes or None, row fields)."""
     try:
         arr = images.decode_bgr(data or b"", max_pixels=settings.max_image_area,
                                 draft_size=settings.image_size if settings.resize_mode != "no" else None)
@@ -296,7 +297,7 @@ def _write_shard(tar_path: Path, items: list[dict], settings: DownloadSettings) 
     # OpenCV and Pillow release the GIL while decoding, resizing and encoding: threads scale.
     with ThreadPoolExecutor(max_workers=max(1, settings.processes_count)) as pool:
         processed = list(pool.map(
-            lambda it: _process(it["_bytes"], settings) if it["status"] is None else (None, {}), items))
+            lambda it: process_image(it["_bytes"], settings) if it["status"] is None else (None, {}), items))
     statuses: Counter = Counter()
     reasons: Counter = Counter()
     records = []
@@ -327,7 +328,9 @@ def _row_schema(records: list[dict]) -> pa.Schema:
              "original_width": pa.int32(), "original_height": pa.int32(), "sha256": pa.string()}
     extra = [k for k in dict.fromkeys(k for r in records for k in r) if k not in fixed]
     inferred = pa.Table.from_pylist([{k: r.get(k) for k in extra} for r in records]).schema if extra else []
-    return pa.schema([*fixed.items(), *[(f.name, f.type) for f in inferred]])
+    # A column with no value in this shard (no recaption, say) is text, not Arrow's null type.
+    return pa.schema([*fixed.items(), *[(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                                        for f in inferred]])
 
 
 def _key(shard: int, row: int, settings: DownloadSettings) -> str:
@@ -404,10 +407,25 @@ def _shards_from_parquet(src, rows: pa.Table, shards_dir: Path, first_shard: int
                 "width": None, "height": None, "original_width": None, "original_height": None,
                 "sha256": _sha256(data) if data else None,
                 "conversations": json.dumps(conv, default=str) if conv is not None else None,
+                **({"recaption": provided_caption(conv)} if src.recaptioned else {}),
                 "_bytes": data,
             })
         results.append(_write_shard(shards_dir / f"{first_shard + s:05d}.tar", items, settings))
     return results
+
+
+def provided_caption(conversations) -> str | None:
+    """The caption a recaptioned row carries: its conversation's last assistant turn, stripped (None if blank)."""
+    from vora_core.data.conversations import ROLES
+
+    for turn in reversed(conversations if isinstance(conversations, list | tuple) else []):
+        if not isinstance(turn, dict):
+            continue
+        role = ROLES.get(str(turn.get("from", turn.get("role"))).lower())
+        text = turn.get("value", turn.get("content"))
+        if role == "assistant" and isinstance(text, str):
+            return text.replace("<image>", "").strip() or None
+    return None
 
 
 def _sha256(data: bytes) -> str:

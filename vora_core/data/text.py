@@ -10,19 +10,25 @@ with the held-out benchmark's own question builder.
 from __future__ import annotations
 
 import hashlib
-import io
+import itertools
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vora_core.catalog import Catalog, TextSource
+from vora_core.catalog import Catalog, DownloadSettings, TextSource
 from vora_core.data.conversations import IMAGE, PartWriter, Reject, convert, read_rows, row_id
 from vora_core.errors import DataError
 from vora_core.workdir import atomic_path
 
 IMAGES_PER_SHARD = 10_000
+DECODE_CHUNK = 512  # llava rows whose images are decoded side by side
+ROW_SCHEMA = pa.schema([("key", pa.string()), ("row_id", pa.string()), ("url", pa.string()),
+                        ("caption", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
+                        ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
+                        ("original_height", pa.int32()), ("sha256", pa.string())])
 
 
 def ingest(catalog: Catalog, name: str, out_dir: Path) -> dict:
@@ -51,44 +57,63 @@ def ingest(catalog: Catalog, name: str, out_dir: Path) -> dict:
 
 
 class _ImageShards:
-    """LLaVA images → `shards/<source>/NNNNN.tar` with the row table the `images` view reads."""
+    """LLaVA images → `shards/<source>/NNNNN.tar` with the row table the `images` view reads.
 
-    def __init__(self, shards_dir: Path) -> None:
-        self.dir = shards_dir
+    Each distinct file is stored once, decoded, checked, resized and re-encoded exactly as the download
+    stage does (`process_image`: EXIF orientation, mode conversion, bomb limit, first frame of an
+    animation): a file that fails is a row of the table with its status and error (view
+    `download_failures`), never a tar member, and every conversation using it is rejected."""
+
+    def __init__(self, shards_dir: Path, settings: DownloadSettings) -> None:
+        self.dir, self.settings = shards_dir, settings
         self.shard, self.rows, self.writer = 0, [], None
-        self.keys: dict[str, str] = {}  # LLaVA asks many questions about one image: store it once
+        self.keys: dict[str, str | Reject] = {}  # LLaVA asks many questions about one image: once per file
+        self.ready: dict[str, tuple[bytes, bytes | None, dict]] = {}  # rel → (file, encoded, row fields)
+
+    def prepare(self, files: dict[str, Path], pool) -> None:
+        """Decode the files not stored yet side by side (OpenCV and Pillow release the GIL)."""
+        from vora_core.data.download import process_image
+
+        def load(item: tuple[str, Path]) -> tuple[str, tuple[bytes, bytes | None, dict]]:
+            data = item[1].read_bytes()
+            return item[0], (data, *process_image(data, self.settings))
+
+        new = [(rel, path) for rel, path in files.items() if rel not in self.keys and rel not in self.ready]
+        self.ready.update(pool.map(load, new))
 
     def add(self, path: Path, rel: str) -> str:
-        """Store the image (once per path); return its key (shard number + row)."""
-        from PIL import Image
-
+        """Store the image (once per path); return its key (shard number + row), or raise its `Reject`."""
+        from vora_core.data.download import process_image
         from vora_core.data.shards import ShardWriter
 
-        if rel in self.keys:
-            return self.keys[rel]
-        data = path.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                ext = (img.format or "jpeg").lower().replace("jpeg", "jpg")
-        except Exception as e:  # noqa: BLE001 - any decoder error means the file is not an image
-            raise Reject("missing_image", f"{rel}: unreadable ({e})") from None
-        if self.writer is None:
-            self.writer = ShardWriter(self.dir / f"{self.shard:05d}.tar")
-        key = f"{self.shard:05d}{len(self.rows):05d}"
-        self.writer.write(key, {ext: data, "json": {"key": key, "image": rel}})
-        self.rows.append({"key": key, "row_id": rel, "url": path.resolve().as_uri(), "caption": None,
-                          "status": "success", "error_message": None, "width": width, "height": height,
-                          "original_width": width, "original_height": height,
-                          "sha256": hashlib.sha256(data).hexdigest()})
-        self.keys[rel] = key
-        if len(self.rows) >= IMAGES_PER_SHARD:
-            self.commit()
-        return key
+        if rel not in self.keys:
+            if rel in self.ready:
+                data, encoded, fields = self.ready.pop(rel)
+            else:
+                data = path.read_bytes()
+                encoded, fields = process_image(data, self.settings)
+            if self.writer is None:
+                self.writer = ShardWriter(self.dir / f"{self.shard:05d}.tar")
+            key = f"{self.shard:05d}{len(self.rows):05d}"
+            row = {"key": key, "row_id": rel, "url": path.resolve().as_uri(), "caption": None, "width": None,
+                   "height": None, "original_width": None, "original_height": None,
+                   "sha256": hashlib.sha256(data).hexdigest(), **fields}
+            self.rows.append(row)
+            if encoded is None:
+                self.keys[rel] = Reject("bad_image", f"{rel}: {fields['error_message']}")
+            else:
+                self.writer.write(key, {self.settings.encode_format: encoded, "json": {"key": key, "image": rel}})
+                self.keys[rel] = key
+            if len(self.rows) >= IMAGES_PER_SHARD:
+                self.commit()
+        found = self.keys[rel]
+        if isinstance(found, Reject):
+            raise found
+        return found
 
     def commit(self) -> None:
         if self.writer is not None:
-            self.writer.commit(pa.Table.from_pylist(self.rows))
+            self.writer.commit(pa.Table.from_pylist(self.rows, schema=ROW_SCHEMA))
             self.shard, self.rows, self.writer = self.shard + 1, [], None
 
 
@@ -97,25 +122,33 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
     if not image_dir.is_dir():
         raise DataError(f"text_sources.{name}.image_dir: {image_dir} is not a directory")
     shards_dir = catalog.run.shards(name)
-    with atomic_path(shards_dir) as tmp:
+    with atomic_path(shards_dir) as tmp, ThreadPoolExecutor(max(1, catalog.download.processes_count)) as pool:
         tmp.mkdir(parents=True)
-        shards = _ImageShards(tmp)
-        for n, row in enumerate(read_rows(src)):
-            sid = None
-            try:
-                if isinstance(row, Reject):
-                    raise row
-                sid = row_id(row, src, n)
-                messages = convert(row, src)
-                image = None
-                if row.get("image"):
-                    path = image_dir / str(row["image"])
-                    if not path.is_file():
-                        raise Reject("missing_image", str(row["image"]))
-                    image = f"{name}/{shards.add(path, str(row['image']))}"
-                writer.add(sid, messages, image)
-            except Reject as e:
-                writer.reject(n, sid, e)
+        shards = _ImageShards(tmp, catalog.download)
+        rows = enumerate(read_rows(src))
+        while chunk := list(itertools.islice(rows, DECODE_CHUNK)):
+            # The chunk's images are decoded in parallel first; rows are then handled in order, so keys and
+            # shards do not depend on the threads.
+            shards.prepare({str(r["image"]): image_dir / str(r["image"]) for _, r in chunk
+                            if isinstance(r, dict) and r.get("image") and (image_dir / str(r["image"])).is_file()},
+                           pool)
+            for n, row in chunk:
+                sid = None
+                try:
+                    if isinstance(row, Reject):
+                        raise row
+                    sid = row_id(row, src, n)
+                    messages = convert(row, src)
+                    image = None
+                    if row.get("image"):
+                        path = image_dir / str(row["image"])
+                        if not path.is_file():
+                            raise Reject("missing_image", str(row["image"]))
+                        image = f"{name}/{shards.add(path, str(row['image']))}"
+                    writer.add(sid, messages, image)
+                except Reject as e:
+                    writer.reject(n, sid, e)
+            shards.ready.clear()  # images of rows that were rejected before their image was needed
         shards.commit()
     # The tar paths in the shard row tables are relative to their folder, so the rename keeps them valid.
 

@@ -10,6 +10,7 @@ the loop knows exactly how far it has consumed — prefetching never moves the r
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -23,6 +24,13 @@ from vora_core.data.shards import ShardReader
 from vora_core.errors import DataError
 from vora_core.train.packing import Row, collate, concat_row, plan_epoch, rank_packs
 from vora_core.train.samples import SampleBuilder, open_index
+from vora_core.train.sequences import IGNORE
+
+log = logging.getLogger(__name__)
+
+
+class ImageUnreadable(DataError):
+    """A sample's image failed to load at training time (a shard changed or was damaged on disk)."""
 
 
 class PackDataset(Dataset):
@@ -54,7 +62,10 @@ class PackDataset(Dataset):
         cols = self._cols()
         messages = json.loads(cols["messages"][i].as_py())
         tar = cols["shard"][i].as_py()
-        images = [self._reader(tar).image(cols["key"][i].as_py())] if tar is not None else []
+        try:
+            images = [self._reader(tar).image(cols["key"][i].as_py())] if tar is not None else []
+        except DataError as e:
+            raise ImageUnreadable(f"sample {i} of {self.index_path} skipped: its image does not load ({e})") from None
         seq = self.builder.tokens(messages, [(im.height, im.width) for im in images])
         expected = cols["length"][i].as_py()
         if len(seq) != expected:
@@ -66,13 +77,23 @@ class PackDataset(Dataset):
 
     def __getitem__(self, item: tuple[int, int, tuple]) -> Row:
         epoch, index, pack = item
-        parts, pixels, vision = [], [], 0
+        parts, pixels, vision, skipped = [], [], 0, 0
         for i in pack:
-            ids, labels, pix, n = self.sample(i)
+            try:
+                ids, labels, pix, n = self.sample(i)
+            except ImageUnreadable as e:  # a bad image costs its sample, never the run (the loop counts them)
+                log.warning("%s", e)
+                skipped += 1
+                continue
             parts.append((ids, labels))
             pixels += pix
             vision += n
-        return concat_row(parts, pixels, vision, (epoch, index))
+        if not parts:  # every sample failed: one padding token that trains nothing keeps the batch's shape
+            pad = np.zeros(1, dtype=np.int64)
+            parts = [(pad, np.full(1, IGNORE, dtype=np.int64))]
+        row = concat_row(parts, pixels, vision, (epoch, index))
+        row.samples, row.skipped = len(pack) - skipped, skipped
+        return row
 
     def __len__(self) -> int:  # the sampler drives iteration; this is the number of samples
         return len(self._cols()["length"])

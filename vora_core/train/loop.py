@@ -14,7 +14,9 @@ No host–device synchronisation inside the step: counts travel host → device,
 evaluated on the device and handed to fused AdamW as `found_inf` (the update, weight decay and step
 count are skipped on the device), and each step's metrics are read back one step later, when the
 next step is already queued. A skipped step is counted; `nan_tolerance` of them in a row stop the
-run with `TrainingDiverged` (the checkpoints stay: skipped steps never change the weights).
+run with `TrainingDiverged` (the checkpoints stay: skipped steps never change the weights). A sample
+whose image fails to load is left out of its row by the loader and counted (`skipped_images`); more
+than `max_skipped_share` of the mixture's samples per epoch begun stop the run with a `DataError`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vora_core.errors import StageError
+from vora_core.errors import DataError, StageError
 from vora_core.train import checkpoint
 from vora_core.train.loader import EpochPlans, PackDataset, build_loader
 from vora_core.train.metrics import MetricsLog, plot_loss, read_metrics, truncate_metrics
@@ -187,7 +189,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-COUNT_KEYS = ("labels", "vision_tokens", "tokens", "slots", "samples")
+COUNT_KEYS = ("labels", "vision_tokens", "tokens", "slots", "samples", "skipped")
 
 
 def global_counts(micro: list[dict], dist: Dist) -> torch.Tensor:
@@ -239,6 +241,7 @@ def _record(step: int, vec: list[float], blocks: list[int], host: dict, distill_
         "distill_blocks": {str(b): v for b, v in zip(blocks, vec[2:2 + len(blocks)], strict=True)},
         "grad_norm": vec[-2],
         "skipped": not finite,
+        "skipped_images": int(vec[-3]),  # samples of the step (all ranks) whose image failed to load
         **host,
     }
 
@@ -274,7 +277,7 @@ def train(spec: RunSpec) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(s["schedule"], s["warmup_steps"], total, s["min_lr_ratio"]))
     state = {"step": 0, "position": [0, 0], "nan_run": 0, "nan_steps": 0, "tokens": 0, "samples": 0,
-             "seconds": 0.0}
+             "seconds": 0.0, "skipped_images": 0}
     resume_from = checkpoint.latest(spec.checkpoints)
     if resume_from is not None:
         state = checkpoint.load(resume_from, wrapped, module, optimizer, scheduler, dist.rank, dist.world)
@@ -312,6 +315,8 @@ def train(spec: RunSpec) -> dict:
         state["nan_run"] = state["nan_run"] + 1 if record["skipped"] else 0
         state["nan_steps"] += int(record["skipped"])
         record["nan_steps"] = state["nan_steps"]
+        state["skipped_images"] = state.get("skipped_images", 0) + record["skipped_images"]  # older checkpoints
+        record["skipped_images_total"] = state["skipped_images"]
         if metrics is not None:
             metrics.write(record)
             if step % 10 == 0 or step == total:
@@ -323,6 +328,14 @@ def train(spec: RunSpec) -> dict:
                 f"{spec.stage}: {state['nan_run']} non-finite steps in a row (up to step {step}; nan_tolerance "
                 f"{s['nan_tolerance']}); stopped. Last good checkpoint: {last or 'none'}. Lower the lr, check the "
                 "data, or raise nan_tolerance"
+            )
+        allowed = s["max_skipped_share"] * len(lengths) * (record["epoch"] + 1)
+        if state["skipped_images"] > allowed:
+            raise DataError(
+                f"{spec.stage}: {state['skipped_images']} samples skipped because their image failed to load (up to "
+                f"step {step}), more than max_skipped_share {s['max_skipped_share']:g} of the {len(lengths)} samples "
+                f"per epoch; the shards changed or were damaged after the mix stage: rerun download/mix (the "
+                f"loader's warnings name the samples), or raise {spec.stage}.max_skipped_share"
             )
 
     try:
@@ -358,7 +371,8 @@ def train(spec: RunSpec) -> dict:
                 "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed,
                 "step_s": elapsed, "data_wait_s": data_wait,
             }
-            pending = (state["step"], torch.cat([vec, norm.reshape(1).float(), finite.reshape(1).float()]), host)
+            pending = (state["step"], torch.cat([vec, totals[5:6].float(), norm.reshape(1).float(),
+                                                 finite.reshape(1).float()]), host)
             if state["step"] % s["checkpoint_every"] == 0 or state["step"] == total:
                 flush()
                 saved = checkpoint.save(spec.checkpoints, state["step"], wrapped, module, optimizer, scheduler,

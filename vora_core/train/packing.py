@@ -75,6 +75,7 @@ class Row:
     vision_tokens: int
     samples: int
     position: tuple[int, int]  # (epoch, index of this pack in the rank's epoch list)
+    skipped: int = 0  # samples of the pack left out: their image failed to load
 
 
 def concat_row(parts: Sequence[tuple[np.ndarray, np.ndarray]], pixels: list[torch.Tensor], vision_tokens: int,
@@ -118,7 +119,7 @@ def collate(rows: Sequence[Row], pad_id: int) -> dict:
         "counts": {
             "tokens": tokens, "slots": b * width, "labels": int(valid.sum()),
             "vision_tokens": int(sum(r.vision_tokens for r in rows)), "samples": int(sum(r.samples for r in rows)),
-            "rows": b,
+            "rows": b, "skipped": int(sum(r.skipped for r in rows)),
         },
         "positions": [r.position for r in rows],
     }
