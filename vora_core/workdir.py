@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -179,3 +180,36 @@ class RunDir:
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove the `*.tmp-<pid>-…` files and folders that a killed process left in the data stages'
+        folders; return them. A temporary whose process still runs (this one included) is kept. A
+        download unit's folder holding `child.pgid` is left to the unit's rerun, which stops that child
+        first. Training folders are not swept: on shared storage a temporary may be another node's."""
+        removed = []
+        for top in ("sources", "shards", "captions", "text", "mixture"):
+            for path in sorted((self.root / top).rglob(".*.tmp-*"), reverse=True):
+                match = _TMP_PID.search(path.name)
+                if match is None or _alive(int(match.group(1))) or (path / "child.pgid").exists():
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+
+_TMP_PID = re.compile(r"\.tmp-(\d+)(?:-[0-9a-f]+)?$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
