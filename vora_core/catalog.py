@@ -574,10 +574,8 @@ class Catalog(Strict):
         return fingerprint(*[p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts])
 
     def write_lock(self) -> Path:
-        """Write the resolved catalog (all defaults filled in) to `<workdir>/catalog.lock.yaml`.
-
-        Every stage starts here, so this also sweeps the temporaries a killed earlier run left."""
-        self.run.ensure().sweep_temporaries()
+        """Write the resolved catalog (all defaults filled in) to `<workdir>/catalog.lock.yaml`."""
+        self.run.ensure()
         text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
         lock = self.run.lock_file
         if lock.exists() and lock.read_text() == text:

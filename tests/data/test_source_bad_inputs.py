@@ -110,11 +110,10 @@ from pathlib import Path
 from vora_core.data.shards import ShardWriter
 from vora_core.workdir import atomic_path
 run = Path(sys.argv[1])
-writer = ShardWriter(run / "shards" / "shapes" / "00009.tar")
-writer.write("000090000", {"png": b"x", "json": {"key": "000090000"}})
-with atomic_path(run / "text" / "chat") as tmp:
-    tmp.mkdir()
-    (tmp / "part-00000.parquet").write_bytes(b"half")
+writer = ShardWriter(run / "shards" / "shapes" / "00000.tar")
+writer.write("000000000", {"png": b"x", "json": {"key": "000000000"}})
+with atomic_path(run / "sources" / "shapes" / "prepared.json") as tmp:
+    tmp.write_text("{")
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -126,10 +125,17 @@ def test_rerun_after_sigkill_leaves_no_temporaries(tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run)], cwd=os.getcwd())
     assert killed.returncode == -signal.SIGKILL
     left = sorted(p.relative_to(run).as_posix().split(".tmp-")[0] for p in run.rglob("*.tmp-*"))
-    assert left == ["shards/shapes/.00009.tar", "text/.chat"]
-    catalog.write_lock()  # what every stage does first
-    run_download(catalog)
-    assert sorted(p.name for p in run.rglob("*.tmp-*")) == []
+    assert left == ["shards/shapes/.00000.tar", "sources/shapes/.prepared.json"]
+    # a temporary whose process still runs (another worker's) is left alone
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    busy = run / "shards" / "shapes" / f".00000.parquet.tmp-{alive.pid}-0a1b2c3d"
+    busy.write_bytes(b"")
+    try:
+        run_download(catalog)
+        assert [p.relative_to(run).as_posix() for p in run.rglob("*.tmp-*")] == [busy.relative_to(run).as_posix()]
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 @pytest.mark.slow
