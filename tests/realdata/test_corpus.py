@@ -103,6 +103,7 @@ def test_the_example_catalog_names_every_corpus_dataset(tmp_path):
 
 
 def test_download_recaption_mix_over_the_real_schemas(tmp_path, photo_server):
+    tmp_path = tmp_path / "o'brien"  # inputs and run directory: every path reaching DuckDB SQL is quoted
     expected = write_corpus(tmp_path / "data", photo_server)
     catalog = make_catalog(tmp_path)
     results = run_stages(catalog)
