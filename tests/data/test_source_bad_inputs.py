@@ -160,3 +160,12 @@ def test_cli_download_bad_sources_exit_2_with_one_error_line(tmp_path):
         "found: key, url, text, original_width, original_height (a datacomp source reads DataComp's metadata "
         "columns uid, url, text, original_width, original_height); web: DataError: url_list source: urls.jsonl "
         "is empty (0 bytes); fill it or remove it"]
+
+
+def test_url_list_jsonl_without_one_object_line_is_a_clear_error(tmp_path):
+    (tmp_path / "urls.jsonl").write_text("http://h/0.jpg\nhttp://h/1.jpg\n")  # a plain url list named .jsonl
+    catalog = make_catalog(tmp_path, {"web": {"kind": "url_list", "path": str(tmp_path / "urls.jsonl")}})
+    with pytest.raises(DataError) as e:
+        prepare(catalog)
+    assert str(e.value) == (f"{tmp_path / 'urls.jsonl'}: no line is a JSON object (2 malformed lines); is the file "
+                            "jsonl? set `format` in the catalog source")

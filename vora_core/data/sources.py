@@ -190,9 +190,12 @@ def _jsonl_table(con: duckdb.DuckDBPyConnection, files: list[str]) -> tuple[str,
                     records.append({"_line": n, **{k: v if v is None or isinstance(v, str) else json.dumps(v)
                                                    for k, v in obj.items()}})
                 n += 1
+    if not records:
+        raise DataError(f"{', '.join(files)}: no line is a JSON object ({len(broken)} malformed lines); "
+                        "is the file jsonl? set `format` in the catalog source")
     names = list(dict.fromkeys(k for r in records for k in r))
     table = pa.table({k: pa.array([r.get(k) for r in records], pa.int64() if k == "_line" else pa.string())
-                      for k in names} if records else {"_line": pa.array([], pa.int64())})
+                      for k in names})
     con.register("url_rows_py", table)
     return "url_rows_py", broken
 
