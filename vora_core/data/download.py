@@ -388,10 +388,11 @@ def _shards_from_parquet(src, rows: pa.Table, shards_dir: Path, first_shard: int
     cols = [src.image_col] + [c for c in (src.caption_col, src.conversations_col) if c]
     by_file: dict[tuple[str, int], dict] = {}
     for file in sorted(set(rows.column("file").to_pylist())):
-        present = [d[0] for d in con.execute(f"SELECT * FROM read_parquet({sources.sql_str(file)}) LIMIT 0").description]
+        quoted = sources.sql_str(file)
+        present = [d[0] for d in con.execute(f"SELECT * FROM read_parquet({quoted}) LIMIT 0").description]
         sel = ", ".join(sources.duckdb_ident(c) for c in cols if c in present)
         cur = con.execute(
-            f"SELECT file_row_number AS file_row, {sel} FROM read_parquet({sources.sql_str(file)}, file_row_number=true) "
+            f"SELECT file_row_number AS file_row, {sel} FROM read_parquet({quoted}, file_row_number=true) "
             f"WHERE file_row_number IN (SELECT file_row FROM wanted WHERE file = ?)", [file]
         )
         names = [d[0] for d in cur.description]

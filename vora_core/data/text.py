@@ -53,13 +53,12 @@ def ingest(catalog: Catalog, name: str, out_dir: Path) -> dict:
 
 def _require_columns(src: TextSource, name: str, found: list[str]) -> None:
     """A configured column that no row holds is a catalog mistake, not a reason to reject every row."""
-    needed = {"conversations": src.conversations_col} if src.format == "sharegpt" else {}
-    if src.format == "messages":
-        needed = {"messages": src.messages_col}
-    elif src.format == "prompt_response":
-        needed = {"prompt": src.prompt_col, "response": src.response_col, "context": src.context_col,
-                  "system": src.system_col}
-    needed["id"] = src.id_col
+    needed: dict[str, str | None] = {
+        "sharegpt": {"conversations": src.conversations_col},
+        "messages": {"messages": src.messages_col},
+        "prompt_response": {"prompt": src.prompt_col, "response": src.response_col, "context": src.context_col,
+                            "system": src.system_col},
+    }[src.format] | {"id": src.id_col}
     for role, col in needed.items():
         if col and col not in found:
             files = input_files(src.path or "")
