@@ -161,7 +161,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except VoraError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line, never wrapped
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

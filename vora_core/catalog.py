@@ -613,6 +613,8 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "union_tag_not_found":
         return f"{loc}: needs a `kind` key"
     msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(err["input"], dict | list):  # a model's own check: its input is a whole section
+        return f"{loc}: {msg}" if err["loc"] else msg
     return f"{loc}: {msg} (got {err['input']!r})"
 
 
@@ -643,12 +645,39 @@ def parse_catalog(data: Any, source: str = "<catalog>") -> Catalog:
         raise CatalogError(f"{source}: invalid catalog:\n  " + "\n  ".join(lines)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool):  # complex keys: left to PyYAML
+                continue
+            if key in seen:
+                raise CatalogError(f"{self.name}: key {key!r} is given twice (lines {seen[key]} and {line}); "
+                                   "keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"{path}: catalog file not found (see catalogs/ for examples)")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CatalogError(f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                           "save the catalog as UTF-8") from None
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)  # marks and errors name the file, not "<unicode string>"
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise CatalogError(f"{path}: not valid YAML: {e}") from None
     return parse_catalog(data, str(path))

@@ -9,9 +9,11 @@ either nothing or a complete unit.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -136,6 +138,9 @@ def run_unit_with_marker(unit: Unit, work: Callable[[Unit], dict], force: bool =
         marker = read_marker(unit.output) or {}
         return {**marker.get("stats", {}), "status": "skipped", "unit": unit.id}
     clear_marker(unit.output)
+    output = Path(unit.output)  # the temporaries of a killed earlier attempt: the output's and its marker's
+    for name in (output.name, marker_path(output).name):
+        remove_stale_temporaries(output.parent, f".{glob.escape(name)}.tmp-*")
     started = time.perf_counter()
     stats = dict(work(unit))
     stats.setdefault("seconds", round(time.perf_counter() - started, 3))
@@ -179,3 +184,35 @@ class RunDir:
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+
+_TMP_PID = re.compile(r"\.tmp-(\d+)(?:-[0-9a-f]+)?$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, pattern: str) -> list[Path]:
+    """Remove the temporaries (`.<name>.tmp-<pid>-…`, see `atomic_path`) matching `pattern` in `folder`
+    that a killed process left: those whose process no longer runs. Callers scope `pattern` to the unit
+    they are about to redo, so a unit another machine is running (on shared storage) is never touched."""
+    removed = []
+    for path in folder.glob(pattern) if folder.is_dir() else []:
+        match = _TMP_PID.search(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -46,3 +46,27 @@ def test_status_cells_keep_a_score_s_decimals():
 
     assert [_cell(v) for v in (0.2416, 0.865, 0.3, 331.74, 11618.4, None, 7, {"a": 1})] == [
         "0.242", "0.865", "0.300", "331.7", "11,618.4", "-", "7", "a=1"]
+
+
+def test_catalog_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "c.yaml").write_bytes("name: café\nworkdir: r\n".encode("latin-1"))
+    out = vora("status", "c.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr == "error: c.yaml: not UTF-8 (byte 0xe9 at offset 9); save the catalog as UTF-8\n"
+
+
+def test_catalog_key_given_twice_names_both_lines(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "name: c\nworkdir: r\nsources:\n  s: {kind: synthetic_shapes, n: 10}\n  s: {kind: synthetic_shapes}\n")
+    out = vora("status", "c.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr == "error: c.yaml: key 's' is given twice (lines 4 and 5); keep one\n"
+
+
+def test_mix_naming_an_unknown_text_source_does_not_dump_the_catalog(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "name": "c", "workdir": "r", "sources": {"s": {"kind": "synthetic_shapes"}},
+        "mix": {"pretrain": {"text": {"nope": {"weight": 0.1}}}}}))
+    out = vora("status", "c.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr == "error: c.yaml: invalid catalog:\n  mix.pretrain.text: 'nope' is not in text_sources\n"

@@ -10,6 +10,7 @@ Every input row is either written or rejected with one reason (`REASONS`); the c
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 from collections import Counter
@@ -27,7 +28,7 @@ from vora_core.errors import DataError
 IMAGE = "<image>"
 ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
-REASONS = ("unknown_role", "empty_content", "first_turn_not_user", "last_turn_not_assistant",
+REASONS = ("unknown_role", "empty_content", "non_text_content", "first_turn_not_user", "last_turn_not_assistant",
            "roles_not_alternating", "image_count_mismatch", "missing_image", "bad_image", "not_utf8", "malformed")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -103,7 +104,7 @@ def read_rows(src: TextSource) -> Iterator[dict | Reject]:
             raw = f.read()
         if fmt == "json":
             try:
-                rows = json.loads(raw.decode("utf-8"))
+                rows = json.loads(raw.decode("utf-8-sig"))  # a BOM is accepted
             except UnicodeDecodeError as e:
                 raise DataError(f"{path} is not UTF-8 ({e}); convert it first") from None
             except json.JSONDecodeError as e:
@@ -112,7 +113,7 @@ def read_rows(src: TextSource) -> Iterator[dict | Reject]:
                 raise DataError(f"{path}: a json source must hold an array of objects")
             lines: Iterable[Any] = rows
         else:
-            lines = raw.split(b"\n")
+            lines = raw.removeprefix(codecs.BOM_UTF8).split(b"\n")  # a BOM is accepted
         for item in lines:
             if fmt == "jsonl":
                 if not item.strip():
@@ -181,7 +182,12 @@ def _turns_prompt_response(row: dict, src: TextSource) -> list[dict]:
 def validate(turns: list[dict], images: int) -> list[dict]:
     """The checks every format shares; returns the turns with stripped contents."""
     for t in turns:
-        if not isinstance(t["content"], str) or not t["content"].strip():
+        content = t["content"]
+        if isinstance(content, int | float) and not isinstance(content, bool):
+            t["content"] = content = str(content)  # a number is an answer (`18`): kept as its text
+        if content is not None and not isinstance(content, str):
+            raise Reject("non_text_content", f"{t['role']}: {type(content).__name__}")
+        if content is None or not content.strip():
             raise Reject("empty_content", t["role"])
     body = turns[1:] if turns and turns[0]["role"] == "system" else turns
     if not body or body[0]["role"] != "user":

@@ -39,7 +39,15 @@ from vora_core.data import images, sources
 from vora_core.data.shards import ShardReader, ShardWriter, write_index
 from vora_core.errors import DataError, StageError
 from vora_core.manifest import open_manifest
-from vora_core.workdir import Unit, atomic_path, atomic_write_json, fingerprint, is_done, read_marker
+from vora_core.workdir import (
+    Unit,
+    atomic_path,
+    atomic_write_json,
+    fingerprint,
+    is_done,
+    read_marker,
+    remove_stale_temporaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +97,7 @@ def run_prepare(catalog: Catalog, unit: Unit) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in [*out_dir.glob("urls-*.parquet"), out_dir / "rejects.parquet"]:
         old.unlink(missing_ok=True)
+    remove_stale_temporaries(out_dir, ".*.tmp-*")  # the folder is this unit's alone
     con = sources.connect()
     try:
         if src.kind == "synthetic_shapes":
@@ -159,13 +168,13 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     settings = catalog.download
     shards_dir = catalog.run.shards(name)
     shards_dir.mkdir(parents=True, exist_ok=True)
-    _clean_stale(shards_dir, index)
-    tmp = shards_dir / f".unit-{index:05d}.tmp-{uuid.uuid4().hex[:8]}"
+    per_unit_shards = settings.rows_per_unit // settings.number_sample_per_shard
+    _clean_stale(shards_dir, index, range(index * per_unit_shards, (index + 1) * per_unit_shards))
+    tmp = shards_dir / f".unit-{index:05d}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     started = time.perf_counter()
     try:
         rows = pq.read_table(unit.params["partition"])
-        per_unit_shards = settings.rows_per_unit // settings.number_sample_per_shard
         first_shard = index * per_unit_shards
         if src.kind == "parquet_images":
             results = _shards_from_parquet(src, rows, shards_dir, first_shard, settings)
@@ -197,8 +206,11 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     return stats
 
 
-def _clean_stale(shards_dir: Path, index: int) -> None:
-    """Remove temporary folders of an earlier, killed attempt — and stop its img2dataset if it lives on."""
+def _clean_stale(shards_dir: Path, index: int, shards: range) -> None:
+    """Remove temporaries of an earlier, killed attempt — its folders (stopping its img2dataset if that
+    lives on) and its half-written shard files — before the unit is redone."""
+    for shard in shards:
+        remove_stale_temporaries(shards_dir, f".{shard:05d}[._]*.tmp-*")
     for old in shards_dir.glob(f".unit-{index:05d}.tmp-*"):
         pid_file = old / "child.pgid"
         if pid_file.exists():
@@ -379,10 +391,11 @@ def _shards_from_parquet(src, rows: pa.Table, shards_dir: Path, first_shard: int
     cols = [src.image_col] + [c for c in (src.caption_col, src.conversations_col) if c]
     by_file: dict[tuple[str, int], dict] = {}
     for file in sorted(set(rows.column("file").to_pylist())):
-        present = [d[0] for d in con.execute(f"SELECT * FROM read_parquet('{file}') LIMIT 0").description]
+        quoted = sources.sql_str(file)
+        present = [d[0] for d in con.execute(f"SELECT * FROM read_parquet({quoted}) LIMIT 0").description]
         sel = ", ".join(sources.duckdb_ident(c) for c in cols if c in present)
         cur = con.execute(
-            f"SELECT file_row_number AS file_row, {sel} FROM read_parquet('{file}', file_row_number=true) "
+            f"SELECT file_row_number AS file_row, {sel} FROM read_parquet({quoted}, file_row_number=true) "
             f"WHERE file_row_number IN (SELECT file_row FROM wanted WHERE file = ?)", [file]
         )
         names = [d[0] for d in cur.description]

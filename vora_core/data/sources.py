@@ -9,6 +9,7 @@ empty or duplicate urls/ids) are not dropped: they are returned as rejects with 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
 import random
@@ -60,8 +61,17 @@ def expand(pattern: str, what: str) -> list[str]:
     return files
 
 
+def sql_str(value: str) -> str:
+    """A SQL string literal (paths may hold `'`)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_list(values: list[str]) -> str:
+    return "[" + ", ".join(sql_str(v) for v in values) + "]"
+
+
 def _reader_sql(files: list[str], fmt: str) -> str:
-    listing = "[" + ", ".join(f"'{f}'" for f in files) + "]"
+    listing = sql_list(files)
     if fmt == "parquet":
         return f"read_parquet({listing}, union_by_name=true)"
     if fmt == "csv":
@@ -75,13 +85,20 @@ def _columns(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
     return [d[0] for d in con.execute(f"SELECT * FROM {sql} LIMIT 0").description]
 
 
-def _require(columns: list[str], needed: dict[str, str], where: str) -> None:
+def _require(columns: list[str], needed: dict[str, str], where: str, fix: str | None = None) -> None:
+    """`fix`: what to tell the user; default: set `<role>_col` (for kinds that have those keys)."""
     for role, col in needed.items():
         if col not in columns:
             raise DataError(
                 f"{where}: no {role} column {col!r}; columns found: {', '.join(columns)} "
-                f"(set `{role}_col` in the catalog source)"
+                f"({fix or f'set `{role}_col` in the catalog source'})"
             )
+
+
+def _not_empty(files: list[str], what: str) -> None:
+    for f in files:
+        if Path(f).stat().st_size == 0:
+            raise DataError(f"{what}: {f} is empty (0 bytes); fill it or remove it")
 
 
 def _validate(con: duckdb.DuckDBPyConnection, base_sql: str, extras: list[str]) -> PreparedRows:
@@ -127,19 +144,60 @@ def duckdb_ident(name: str) -> str:
 
 def url_list_rows(src: UrlListSource, con: duckdb.DuckDBPyConnection) -> PreparedRows:
     files = expand(src.path, "url_list source")
+    _not_empty(files, "url_list source")
     fmt = src.format or Path(files[0]).suffix.lstrip(".").replace("json", "jsonl").replace("jsonll", "jsonl")
-    sql = _reader_sql(files, fmt)
-    columns = _columns(con, sql)
+    sql, broken = _reader_sql(files, fmt), None
+    if fmt == "jsonl":
+        sql, broken = _jsonl_table(con, files)
+    columns = [c for c in _columns(con, sql) if c != "_line"]
     needed = {"url": src.url_col}
     if src.caption_col:
         needed["caption"] = src.caption_col
     if src.id_col:
         needed["id"] = src.id_col
     _require(columns, needed, files[0] if len(files) == 1 else src.path)
-    row_id = duckdb_ident(src.id_col) if src.id_col else "row_number() OVER () - 1"
+    row_id = duckdb_ident(src.id_col) if src.id_col else ("_line" if broken else "row_number() OVER () - 1")
     caption = duckdb_ident(src.caption_col) if src.caption_col else "NULL"
     base = f"SELECT {row_id} AS row_id, {duckdb_ident(src.url_col)} AS url, {caption} AS caption FROM {sql}"
-    return _validate(con, base, [])
+    prepared = _validate(con, base, [])
+    if broken:
+        prepared.rejects = pa.concat_tables([pa.Table.from_pylist(broken, schema=prepared.rejects.schema),
+                                             prepared.rejects])
+    return prepared
+
+
+def _jsonl_table(con: duckdb.DuckDBPyConnection, files: list[str]) -> tuple[str, list[dict]]:
+    """jsonl through DuckDB; if DuckDB refuses the files (a broken line, a BOM, mixed types), read them
+    line by line instead: each line that is not a JSON object is one reject, the others go on."""
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE url_rows AS SELECT * FROM {_reader_sql(files, 'jsonl')}")
+        return "url_rows", []
+    except duckdb.Error:
+        pass
+    records, broken, n = [], [], 0
+    for f in files:
+        with open(f, "rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+                    if not isinstance(obj, dict):
+                        raise ValueError("not an object")
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                    broken.append({"row_id": f"{Path(f).name}:{lineno}", "url": None, "reason": "malformed json line"})
+                else:  # row ids and urls are text downstream; nested values keep their JSON
+                    records.append({"_line": n, **{k: v if v is None or isinstance(v, str) else json.dumps(v)
+                                                   for k, v in obj.items()}})
+                n += 1
+    if not records:
+        raise DataError(f"{', '.join(files)}: no line is a JSON object ({len(broken)} malformed lines); "
+                        "is the file jsonl? set `format` in the catalog source")
+    names = list(dict.fromkeys(k for r in records for k in r))
+    table = pa.table({k: pa.array([r.get(k) for r in records], pa.int64() if k == "_line" else pa.string())
+                      for k in names})
+    con.register("url_rows_py", table)
+    return "url_rows_py", broken
 
 
 # ------------------------------------------------------------------------------------------ datacomp
@@ -149,8 +207,10 @@ def datacomp_rows(src: DataCompSource, con: duckdb.DuckDBPyConnection) -> Prepar
     files = expand(src.path, "datacomp source")
     sql = _reader_sql(files, "parquet")
     columns = _columns(con, sql)
-    _require(columns, {"id": "uid", "url": "url", "caption": "text"}, src.path)
-    _require(columns, {"width": "original_width", "height": "original_height"}, src.path)
+    fix = "a datacomp source reads DataComp's metadata columns uid, url, text, original_width, original_height"
+    where = files[0] if len(files) == 1 else src.path
+    _require(columns, {"id": "uid", "url": "url", "caption": "text"}, where, fix)
+    _require(columns, {"width": "original_width", "height": "original_height"}, where, fix)
     has_sha = "sha256" in columns
     if src.verify_sha256 and not has_sha:
         raise DataError(f"{src.path}: verify_sha256 is set but the metadata has no sha256 column")
@@ -221,8 +281,7 @@ def gldv2_rows(src: GLDv2Source, con: duckdb.DuckDBPyConnection) -> PreparedRows
 def parquet_images_rows(src: ParquetImagesSource, con: duckdb.DuckDBPyConnection) -> PreparedRows:
     """Rows are references (file, row number): the bytes stay in the input files until the unit runs."""
     files = expand(src.path, "parquet_images source")
-    listing = "[" + ", ".join(f"'{f}'" for f in files) + "]"
-    sql = f"read_parquet({listing}, union_by_name=true, filename=true, file_row_number=true)"
+    sql = f"read_parquet({sql_list(files)}, union_by_name=true, filename=true, file_row_number=true)"
     columns = _columns(con, sql)
     _require(columns, {"id": src.id_col, "image": src.image_col}, src.path)
     base = (

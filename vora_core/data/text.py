@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vora_core.catalog import Catalog, DownloadSettings, TextSource
-from vora_core.data.conversations import IMAGE, PartWriter, Reject, convert, read_rows, row_id
+from vora_core.data.conversations import IMAGE, PartWriter, Reject, convert, input_files, read_rows, row_id
 from vora_core.errors import DataError
 from vora_core.workdir import atomic_path
 
@@ -41,16 +41,35 @@ def ingest(catalog: Catalog, name: str, out_dir: Path) -> dict:
     elif src.format == "llava":
         _llava(catalog, name, src, writer)
     else:
+        columns: dict[str, None] = {}  # every key seen, in order of first appearance
         for n, row in enumerate(read_rows(src)):
             sid = None
             try:
                 if isinstance(row, Reject):
                     raise row
+                columns.update(dict.fromkeys(row))
                 sid = row_id(row, src, n)
                 writer.add(sid, convert(row, src))
             except Reject as e:
                 writer.reject(n, sid, e)
+        if columns:
+            _require_columns(src, name, list(columns))
     return writer.close()
+
+
+def _require_columns(src: TextSource, name: str, found: list[str]) -> None:
+    """A configured column that no row holds is a catalog mistake, not a reason to reject every row."""
+    needed: dict[str, str | None] = {
+        "sharegpt": {"conversations": src.conversations_col},
+        "messages": {"messages": src.messages_col},
+        "prompt_response": {"prompt": src.prompt_col, "response": src.response_col, "context": src.context_col,
+                            "system": src.system_col},
+    }[src.format] | {"id": src.id_col}
+    for role, col in needed.items():
+        if col and col not in found:
+            files = input_files(src.path or "")
+            raise DataError(f"{files[0] if len(files) == 1 else src.path}: no {role} column {col!r} in any row; "
+                            f"columns found: {', '.join(found)} (set `{role}_col` in text_sources.{name})")
 
 
 # ------------------------------------------------------------------------------------------ llava
