@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows import embedded
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.errors import VoraError
 from vora_core.stages import check_stage, select_stages
@@ -23,13 +24,23 @@ err_console = Console(stderr=True)
 StageOpt = Annotated[list[str] | None, typer.Option(help=f"stage name: {', '.join(STAGES)}")]
 
 
+LOG_FILE: Path | None = None  # where this command's full log (tracebacks included) goes, once known
+
+
 def prefect_env(catalog: Catalog) -> None:
-    """Embedded by default: Prefect's ephemeral server with its SQLite under the run's PREFECT_HOME.
-    With PREFECT_API_URL set, runs go to that server instead."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not os.environ.get("PREFECT_API_URL"):
+    """Embedded by default: Prefect's ephemeral server with its SQLite under the run's PREFECT_HOME,
+    started here (with margin and a retry). With PREFECT_API_URL set, runs go to that server instead,
+    checked first. Either way the terminal gets one line per log record, the run's log file the rest."""
+    global LOG_FILE
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
         os.environ.setdefault("PREFECT_HOME", str(Path(catalog.workdir).resolve() / ".prefect"))
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
+    LOG_FILE = embedded.route_logs(Path(catalog.workdir))
+    if url:
+        embedded.check_api_url(url)
+    else:
+        embedded.start_embedded_server()
 
 
 def _load(catalog_path: str) -> Catalog:
@@ -114,7 +125,8 @@ def deploy(
 ) -> None:
     """Serve the pipeline as a deployment (or register it on a work pool) on PREFECT_API_URL's server."""
     catalog = load_catalog(catalog_path)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("PREFECT_API_URL"):  # without it, deploy says what to do
+        prefect_env(catalog)
     from flows.deploy import deploy as do_deploy
 
     deployment_id = do_deploy(catalog_path, name or catalog.name, cron=cron, pool=pool, only=only)
@@ -158,10 +170,12 @@ def merge(
 
 
 def main() -> None:
+    embedded.set_defaults()  # before any command imports Prefect: in effect for every entry point
     try:
         app(standalone_mode=False)
     except VoraError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        where = f" (full log: {LOG_FILE})" if LOG_FILE and not isinstance(e, embedded.PrefectUnavailable) else ""
+        err_console.print(f"[red]error:[/red] {e}{where}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
