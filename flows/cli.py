@@ -21,7 +21,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="VoRA pipelin
 console = Console()
 err_console = Console(stderr=True)
 
-StageOpt = Annotated[list[str] | None, typer.Option(help=f"stage name: {', '.join(STAGES)}")]
+StageOpt = Annotated[list[str] | None, typer.Option(
+    help=f"stage(s): repeat the option or give a comma list (download,mix); stages: {', '.join(STAGES)}")]
+
+
+def _stages(values: list[str] | None) -> list[str] | None:
+    """Repeated options and comma lists alike: ['download,mix', 'pretrain'] → ['download', 'mix', 'pretrain']."""
+    if not values:
+        return None
+    return [check_stage(name.strip()) for value in values for name in value.split(",") if name.strip()] or None
 
 
 LOG_FILE: Path | None = None  # where this command's full log (tracebacks included) goes, once known
@@ -105,9 +113,8 @@ def run(
     force: StageOpt = None,
 ) -> None:
     """Run the pipeline (every unit not yet done), optionally a slice of its stages."""
+    only, force = _stages(only), _stages(force)
     select_stages(STAGES, only=only, from_=from_, until=until)  # fail fast, before Prefect starts
-    for name in force or []:
-        check_stage(name)
     catalog = _load(catalog_path)
     from flows.pipeline import vora_pipeline
 
@@ -124,6 +131,7 @@ def deploy(
     only: StageOpt = None,
 ) -> None:
     """Serve the pipeline as a deployment (or register it on a work pool) on PREFECT_API_URL's server."""
+    only = _stages(only)
     catalog = load_catalog(catalog_path)
     if os.environ.get("PREFECT_API_URL"):  # without it, deploy says what to do
         prefect_env(catalog)

@@ -166,3 +166,20 @@ def test_kill_9_of_the_cli_leaves_no_process_behind(tmp_path):
             except psutil.NoSuchProcess:
                 pass
         server.shutdown()
+
+
+def test_stage_options_repeat_or_take_comma_lists(tmp_path):
+    from flows.cli import _stages
+
+    assert _stages(["download,mix", " pretrain ", "merge,"]) == ["download", "mix", "pretrain", "merge"]
+    assert _stages(None) is None
+    help_text = subprocess.run([VORA, "run", "--help"], capture_output=True, text=True, env=env(COLUMNS="300")).stdout
+    assert help_text.count("stage(s): repeat the option or give a comma list (download,mix)") == 2  # --only, --force
+    shapes_catalog(tmp_path)
+    out = subprocess.run([VORA, "run", "c.yaml", "--only", "download,bogus"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env(), timeout=120)
+    assert (out.returncode, out.stderr) == (
+        2, "error: unknown stage 'bogus'; stages are: download, recaption, mix, pretrain, merge, finetune, evaluate\n")
+    out = subprocess.run([VORA, "run", "c.yaml", "--only", "download,mix", "--from", "mix"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env(), timeout=120)
+    assert (out.returncode, out.stderr) == (2, "error: use either --only or --from/--until, not both\n")
