@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from flows import embedded
 from vora_core.catalog import Catalog, load_catalog
@@ -58,33 +58,43 @@ def _load(catalog_path: str) -> Catalog:
 
 
 @app.command()
-def status(catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")]) -> None:
+def status(
+    catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON (for scripts)")] = False,
+) -> None:
     """Per stage and per source: units done / pending, samples, failures by reason."""
-    from vora_core.status import stage_status
+    from vora_core.status import render, stage_status
 
     catalog = load_catalog(catalog_path)
-    console.print(f"[bold]{catalog.name}[/bold]  run directory: {catalog.workdir}")
-    for stage, rows in stage_status(catalog).items():
-        if not rows:
-            console.print(f"{stage}: nothing planned yet")
-            continue
-        # One column per source, one row per figure: readable in 80 columns.
-        table = Table(title=stage, title_justify="left")
-        table.add_column("")
-        head = next((k for k in ("source", "benchmark", "unit") if k in rows[0]), None)
-        for row in rows:
-            table.add_column(str(row.get(head, "")) if head else "")
-        for field in dict.fromkeys(k for row in rows for k in row if k != head):
-            table.add_row(field, *(_cell(row.get(field)) for row in rows))
-        console.print(table)
+    figures = stage_status(catalog)
+    if as_json:
+        doc = {"catalog": catalog.name, "workdir": str(Path(catalog.workdir).resolve()), "stages": figures}
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        return
+    width = max(console.width, 40)
+    sys.stdout.write("\n".join(render(catalog.name, catalog.workdir, figures, width)) + "\n")
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-    if isinstance(value, float):  # scores and losses need their decimals; seconds and rates do not
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
-    return "-" if value is None else str(value)
+@app.command()
+def sql(
+    catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")],
+    query: Annotated[str | None, typer.Argument(help="SQL over the run's views; none: an interactive prompt")] = None,
+    rows: Annotated[int, typer.Option(help="show at most this many rows")] = 40,
+) -> None:
+    """Query the run's manifest views (images, text, mixture, ... see README) with DuckDB."""
+    from vora_core.manifest import open_manifest
+    from vora_core.sql import repl, show
+
+    catalog = load_catalog(catalog_path)
+    con = open_manifest(catalog.run)
+    try:
+        width = max(console.width, 40)
+        if query is not None:
+            show(con, query, width, rows)
+        else:
+            repl(con, width, rows)
+    finally:
+        con.close()
 
 
 @app.command()

@@ -34,6 +34,9 @@ def set_defaults() -> None:
     """Environment defaults for every command (a user's own values win)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault(STARTUP_SETTING, str(STARTUP_TIMEOUT_S))
+    # transformers' and huggingface_hub's tqdm bars ("Loading weights", "Writing model shards") would
+    # interleave with the log lines (and fill log files with carriage returns).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def check_api_url(url: str) -> None:
