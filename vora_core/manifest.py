@@ -132,7 +132,7 @@ def search_path(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     """Resolve the views' relative paths against the run directory, whatever the process's CWD."""
     if "," in str(root):  # the setting is a comma-separated list
         raise DataError(f"run directory {root}: DuckDB's file_search_path cannot hold a ',': rename it")
-    con.execute(f"SET file_search_path = {_quote(str(root))}")
+    con.execute(f"SET GLOBAL file_search_path = {_quote(str(root))}")  # cursors too
 
 
 def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:

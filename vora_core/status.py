@@ -23,7 +23,7 @@ SUMMARIES: dict[str, str] = {
     "finetune": "vora_core.train.stage:finetune_summary",
     "evaluate": "vora_core.eval.runner:summary",
 }
-HEADS = ("source", "benchmark", "unit")  # the field that names a row, first found
+HEADS = ("benchmark", "unit", "source")  # the field that names a row, first found (a merge's source is a path)
 
 
 def stage_status(catalog: Catalog) -> dict[str, list[dict]]:
@@ -63,19 +63,22 @@ def _table(rows: list[dict], head: str | None, root: str, width: int) -> list[st
 
 
 def _block(row: dict, head: str | None, root: str, width: int) -> list[str]:
-    """`key: value` rows; a dict value gets one indented row per key; long values wrap under themselves."""
+    """`key: value` rows (figures not known yet left out); a dict value gets one indented row per key;
+    long values wrap under themselves."""
     items: list[tuple[str, str]] = []
     for key, value in row.items():
-        if key == head:
+        if key == head or value is None:
             continue
         if isinstance(value, dict) and value:
             items.append((key, ""))
             items += [(f"  {k}", cell(v, root)) for k, v in value.items()]
         else:
             items.append((key, cell(value, root)))
-    key_width = min(max(len(k) for k, _ in items) + 1, width // 2)
+    # keys longer than this (a failure reason, say) take a line of their own, their value under them
+    key_width = max((len(k) + 1 for k, _ in items if len(k) < 28), default=0)
     indent = 4 if head else 2
-    lines = [f"  {row[head]}"] if head else []
+    lines = textwrap.wrap(cell(row[head], root), width - 2, initial_indent="  ", subsequent_indent="    ",
+                          break_on_hyphens=False) if head else []
     for key, value in items:
         label = f"{key}:".ljust(key_width) if value else f"{key}:"
         room = max(width - indent - key_width - 1, 10)

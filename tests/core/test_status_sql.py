@@ -30,7 +30,7 @@ def vora(*args: str, cwd: Path, stdin: str | None = None, timeout: int = 900) ->
 
 
 def catalog(tmp: Path, bad_text: bool = False) -> dict:
-    text = {"chat_sharegpt": {"weight": 0.5}, "orca": {"weight": 0.5}}
+    text = {"chat_sharegpt": {"weight": 0.2}, "orca": {"weight": 0.2}}
     doc = {
         "name": "small", "workdir": "run",
         "sources": {"shapes": {"kind": "synthetic_shapes", "n": IMAGES, "heldout": 0}},
@@ -45,7 +45,7 @@ def catalog(tmp: Path, bad_text: bool = False) -> dict:
     }
     if bad_text:
         doc["text_sources"]["broken"] = {"format": "sharegpt", "path": "broken.jsonl"}
-        text["broken"] = {"weight": 0.5}
+        text["broken"] = {"weight": 0.2}
     return doc
 
 
