@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from flows import embedded
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.errors import VoraError
 from vora_core.stages import check_stage, select_stages
@@ -20,16 +21,34 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="VoRA pipelin
 console = Console()
 err_console = Console(stderr=True)
 
-StageOpt = Annotated[list[str] | None, typer.Option(help=f"stage name: {', '.join(STAGES)}")]
+StageOpt = Annotated[list[str] | None, typer.Option(
+    help=f"stage(s): repeat the option or give a comma list (download,mix); stages: {', '.join(STAGES)}")]
+
+
+def _stages(values: list[str] | None) -> list[str] | None:
+    """Repeated options and comma lists alike: ['download,mix', 'pretrain'] → ['download', 'mix', 'pretrain']."""
+    if not values:
+        return None
+    return [check_stage(name.strip()) for value in values for name in value.split(",") if name.strip()] or None
+
+
+LOG_FILE: Path | None = None  # where this command's full log (tracebacks included) goes, once known
 
 
 def prefect_env(catalog: Catalog) -> None:
-    """Embedded by default: Prefect's ephemeral server with its SQLite under the run's PREFECT_HOME.
-    With PREFECT_API_URL set, runs go to that server instead."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not os.environ.get("PREFECT_API_URL"):
+    """Embedded by default: Prefect's ephemeral server with its SQLite under the run's PREFECT_HOME,
+    started here (with margin and a retry). With PREFECT_API_URL set, runs go to that server instead,
+    checked first. Either way the terminal gets one line per log record, the run's log file the rest."""
+    global LOG_FILE
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
         os.environ.setdefault("PREFECT_HOME", str(Path(catalog.workdir).resolve() / ".prefect"))
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
+    LOG_FILE = embedded.route_logs(Path(catalog.workdir))
+    if url:
+        embedded.check_api_url(url)
+    else:
+        embedded.start_embedded_server()
 
 
 def _load(catalog_path: str) -> Catalog:
@@ -39,33 +58,43 @@ def _load(catalog_path: str) -> Catalog:
 
 
 @app.command()
-def status(catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")]) -> None:
+def status(
+    catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON (for scripts)")] = False,
+) -> None:
     """Per stage and per source: units done / pending, samples, failures by reason."""
-    from vora_core.status import stage_status
+    from vora_core.status import render, stage_status
 
     catalog = load_catalog(catalog_path)
-    console.print(f"[bold]{catalog.name}[/bold]  run directory: {catalog.workdir}")
-    for stage, rows in stage_status(catalog).items():
-        if not rows:
-            console.print(f"{stage}: nothing planned yet")
-            continue
-        # One column per source, one row per figure: readable in 80 columns.
-        table = Table(title=stage, title_justify="left")
-        table.add_column("")
-        head = next((k for k in ("source", "benchmark", "unit") if k in rows[0]), None)
-        for row in rows:
-            table.add_column(str(row.get(head, "")) if head else "")
-        for field in dict.fromkeys(k for row in rows for k in row if k != head):
-            table.add_row(field, *(_cell(row.get(field)) for row in rows))
-        console.print(table)
+    figures = stage_status(catalog)
+    if as_json:
+        doc = {"catalog": catalog.name, "workdir": str(Path(catalog.workdir).resolve()), "stages": figures}
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        return
+    width = max(console.width, 40)
+    sys.stdout.write("\n".join(render(catalog.name, catalog.workdir, figures, width)) + "\n")
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-    if isinstance(value, float):  # scores and losses need their decimals; seconds and rates do not
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
-    return "-" if value is None else str(value)
+@app.command()
+def sql(
+    catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")],
+    query: Annotated[str | None, typer.Argument(help="SQL over the run's views; none: an interactive prompt")] = None,
+    rows: Annotated[int, typer.Option(help="show at most this many rows")] = 40,
+) -> None:
+    """Query the run's manifest views (images, text, mixture, ... see README) with DuckDB."""
+    from vora_core.manifest import open_manifest
+    from vora_core.sql import repl, show
+
+    catalog = load_catalog(catalog_path)
+    con = open_manifest(catalog.run)
+    try:
+        width = max(console.width, 40)
+        if query is not None:
+            show(con, query, width, rows)
+        else:
+            repl(con, width, rows)
+    finally:
+        con.close()
 
 
 @app.command()
@@ -94,9 +123,8 @@ def run(
     force: StageOpt = None,
 ) -> None:
     """Run the pipeline (every unit not yet done), optionally a slice of its stages."""
+    only, force = _stages(only), _stages(force)
     select_stages(STAGES, only=only, from_=from_, until=until)  # fail fast, before Prefect starts
-    for name in force or []:
-        check_stage(name)
     catalog = _load(catalog_path)
     from flows.pipeline import vora_pipeline
 
@@ -113,8 +141,10 @@ def deploy(
     only: StageOpt = None,
 ) -> None:
     """Serve the pipeline as a deployment (or register it on a work pool) on PREFECT_API_URL's server."""
+    only = _stages(only)
     catalog = load_catalog(catalog_path)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("PREFECT_API_URL"):  # without it, deploy says what to do
+        prefect_env(catalog)
     from flows.deploy import deploy as do_deploy
 
     deployment_id = do_deploy(catalog_path, name or catalog.name, cron=cron, pool=pool, only=only)
@@ -158,10 +188,12 @@ def merge(
 
 
 def main() -> None:
+    embedded.set_defaults()  # before any command imports Prefect: in effect for every entry point
     try:
         app(standalone_mode=False)
     except VoraError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line, never wrapped
+        where = f" (full log: {LOG_FILE})" if LOG_FILE and not isinstance(e, embedded.PrefectUnavailable) else ""
+        err_console.print(f"[red]error:[/red] {e}{where}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -1,7 +1,10 @@
 """The run's DuckDB manifest: views over the parquet files every stage writes.
 
 `manifest.duckdb` holds only view definitions, so it can be deleted and rebuilt at any time; the
-parquet files are the data. Base views read a glob of files (or are empty, with the right columns,
+parquet files are the data. The views name their files relative to the run directory, so a copied or
+moved run directory still opens: `open_manifest` points DuckDB's `file_search_path` at it (a DuckDB
+started in the run directory needs nothing). The same definitions are written as plain SQL to
+`manifest.sql`, which any DuckDB version can run from the run directory (`duckdb -init manifest.sql`). Base views read a glob of files (or are empty, with the right columns,
 while no file exists yet); derived views are SQL over other views. Stages register their own views
 with `register_view`. One process at a time writes the file (DuckDB's own lock; we retry briefly).
 """
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import duckdb
 
-from vora_core.workdir import RunDir
+from vora_core.errors import DataError
+from vora_core.workdir import RunDir, atomic_path
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ register_view(View(
     name="shard_rows",
     pattern="shards/*/?????.parquet",
     select=r"""
-        SELECT regexp_extract(filename, '/shards/([^/]+)/\d+\.parquet$', 1) AS source,
+        SELECT regexp_extract(filename, '(?:^|/)shards/([^/]+)/\d+\.parquet$', 1) AS source,
                regexp_extract(filename, '/(\d+)\.parquet$', 1) AS shard,
                key, row_id, url, caption, status, error_message,
                width::INTEGER AS width, height::INTEGER AS height,
@@ -68,7 +72,7 @@ register_view(View(
     name="source_rejects",
     pattern="sources/*/rejects.parquet",
     select=r"""
-        SELECT regexp_extract(filename, '/sources/([^/]+)/rejects\.parquet$', 1) AS source, row_id, url, reason
+        SELECT regexp_extract(filename, '(?:^|/)sources/([^/]+)/rejects\.parquet$', 1) AS source, row_id, url, reason
         FROM {src}""",
     empty=_empty({"source": "VARCHAR", "row_id": "VARCHAR", "url": "VARCHAR", "reason": "VARCHAR"}),
 ))
@@ -99,12 +103,36 @@ register_view(View(
 ))
 
 
+MANIFEST_SQL = "manifest.sql"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _source_sql(root: Path, pattern: str) -> str | None:
-    """The glob itself (so the view sees files added later), or None while nothing matches."""
-    full = str(root / pattern)
-    if not glob.glob(full):
+    """The glob relative to the run directory (so the view sees files added later, wherever the run
+    directory lies), or None while nothing matches."""
+    if not glob.glob(str(root / pattern)):
         return None
-    return "read_parquet('" + full.replace("'", "''") + "', filename=true, union_by_name=true)"
+    return f"read_parquet({_quote(pattern)}, filename=true, union_by_name=true)"
+
+
+def _write_sql(root: Path, wanted: dict[str, str]) -> None:
+    text = ("-- The run's DuckDB views (vora_core.manifest). Paths are relative to this directory: run it\n"
+            "-- from here, e.g. `duckdb -init manifest.sql` or `duckdb -c '.read manifest.sql'`.\n")
+    text += "".join(f"CREATE OR REPLACE VIEW {name} AS {sql.strip()};\n" for name, sql in wanted.items())
+    path = root / MANIFEST_SQL
+    if not path.exists() or path.read_text() != text:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
+
+
+def search_path(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Resolve the views' relative paths against the run directory, whatever the process's CWD."""
+    if "," in str(root):  # the setting is a comma-separated list
+        raise DataError(f"run directory {root}: DuckDB's file_search_path cannot hold a ',': rename it")
+    con.execute(f"SET GLOBAL file_search_path = {_quote(str(root))}")  # cursors too
 
 
 def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
@@ -120,6 +148,7 @@ def define_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
             src = _source_sql(root, view.pattern)
             sql = view.select.replace("{src}", src) if src else view.empty
         wanted[view.name] = sql
+    _write_sql(root, wanted)
     # Unchanged definitions are left alone, so a rerun that changes nothing leaves the file untouched.
     try:
         have = dict(con.execute(f"SELECT name, sql FROM {_DEFINITIONS} ORDER BY seq").fetchall())
@@ -149,6 +178,7 @@ def open_manifest(
                 raise
             time.sleep(0.2)
     con.execute(f"SET memory_limit='{memory_limit}'; SET threads={threads}")
+    search_path(con, run.root.resolve())
     if not read_only:
         define_views(con, run.root)
     return con

@@ -1,6 +1,14 @@
-"""`vora status`: per stage and per source, units done / pending, samples, failures by reason."""
+"""`vora status`: per stage and per source, units done / pending, samples, failures by reason.
+
+`stage_status` gathers the figures (also `vora status --json`); `render` lays them out for a terminal
+of any width down to 80 columns: per stage a narrow table when one fits, else one block of
+`key: value` rows per source or unit — values wrap under themselves, names are never cut.
+"""
 
 from __future__ import annotations
+
+import textwrap
+from pathlib import Path
 
 from vora_core.catalog import Catalog
 from vora_core.stages import resolve
@@ -15,7 +23,92 @@ SUMMARIES: dict[str, str] = {
     "finetune": "vora_core.train.stage:finetune_summary",
     "evaluate": "vora_core.eval.runner:summary",
 }
+HEADS = ("benchmark", "unit", "source")  # the field that names a row, first found (a merge's source is a path)
 
 
 def stage_status(catalog: Catalog) -> dict[str, list[dict]]:
     return {stage: resolve(dotted)(catalog) for stage, dotted in SUMMARIES.items()}
+
+
+def cell(value: object, root: str = "") -> str:
+    """One value as text: run paths relative to the run directory, floats with the decimals that matter."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={cell(v, root)}" for k, v in value.items()) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):  # scores and losses need their decimals; seconds and rates do not
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, str) and root and value.startswith(root + "/"):
+        return value[len(root) + 1:]
+    return "-" if value is None or value == "" else str(value)
+
+
+def _table(rows: list[dict], head: str | None, root: str, width: int) -> list[str] | None:
+    """A narrow table (one line per row), or None when it would not fit `width` or hold a dict."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    if any(isinstance(row.get(f), dict) and row.get(f) for row in rows for f in fields):
+        return None
+    if head:
+        fields.remove(head)
+        fields.insert(0, head)
+    cells = [[cell(row.get(f), root) for f in fields] for row in rows]
+    widths = [max(len(f), *(len(c[i]) for c in cells)) for i, f in enumerate(fields)]
+    if 2 + sum(widths) + 2 * (len(widths) - 1) > width:
+        return None
+
+    def line(values: list[str]) -> str:
+        return "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in
+                                enumerate(zip(values, widths, strict=True))).rstrip()
+    return [line(fields), *(line(c) for c in cells)]
+
+
+def _block(row: dict, head: str | None, root: str, width: int) -> list[str]:
+    """`key: value` rows (figures not known yet left out); a dict value gets one indented row per key;
+    long values wrap under themselves."""
+    items: list[tuple[str, str]] = []
+    for key, value in row.items():
+        if key == head or value is None:
+            continue
+        if isinstance(value, dict) and value:
+            items.append((key, ""))
+            items += [(f"  {k}", cell(v, root)) for k, v in value.items()]
+        else:
+            items.append((key, cell(value, root)))
+    # keys longer than this (a failure reason, say) take a line of their own, their value under them
+    key_width = max((len(k) + 1 for k, _ in items if len(k) < 28), default=0)
+    indent = 4 if head else 2
+    lines = textwrap.wrap(cell(row[head], root), width - 2, initial_indent="  ", subsequent_indent="    ",
+                          break_on_hyphens=False) if head else []
+    for key, value in items:
+        label = f"{key}:".ljust(key_width) if value else f"{key}:"
+        room = max(width - indent - key_width - 1, 10)
+        if len(label) > key_width:  # a long key (e.g. a failure reason): its value on the next line
+            lines += textwrap.wrap(label, width - indent, initial_indent=" " * indent,
+                                   subsequent_indent=" " * (indent + 2), break_on_hyphens=False)
+            label = " " * key_width
+        wrapped = textwrap.wrap(value, room, break_on_hyphens=False) or [""]
+        lines.append(" " * indent + f"{label} {wrapped[0]}".rstrip())
+        lines += [" " * (indent + key_width + 1) + w for w in wrapped[1:]]
+    return lines
+
+
+def render(name: str, workdir: str | Path, status: dict[str, list[dict]], width: int = 80) -> list[str]:
+    """The status as lines of at most `width` characters (`width` >= 40)."""
+    root = str(Path(workdir).resolve())
+    lines = textwrap.wrap(f"{name} — run directory {workdir}", width, break_on_hyphens=False)
+    for stage, rows in status.items():
+        lines.append("")
+        if not rows:
+            lines.append(f"{stage}: nothing planned yet")
+            continue
+        lines.append(stage)
+        head = next((k for k in HEADS if k in rows[0]), None)
+        table = _table(rows, head, root, width)
+        if table is not None:
+            lines += table
+            continue
+        for i, row in enumerate(rows):
+            if i:
+                lines.append("")
+            lines += _block(row, head, root, width)
+    return lines

@@ -42,7 +42,7 @@ def test_missing_catalog(tmp_path):
 
 
 def test_status_cells_keep_a_score_s_decimals():
-    from flows.cli import _cell
+    from vora_core.status import cell as _cell
 
     assert [_cell(v) for v in (0.2416, 0.865, 0.3, 331.74, 11618.4, None, 7, {"a": 1})] == [
         "0.242", "0.865", "0.300", "331.7", "11,618.4", "-", "7", "a=1"]

@@ -159,7 +159,7 @@ def test_cli_download_bad_sources_exit_2_with_one_error_line(tmp_path):
         "error: download-prepare: 2 of 2 units failed — dc: DataError: meta.parquet: no id column 'uid'; columns "
         "found: key, url, text, original_width, original_height (a datacomp source reads DataComp's metadata "
         "columns uid, url, text, original_width, original_height); web: DataError: url_list source: urls.jsonl "
-        "is empty (0 bytes); fill it or remove it"]
+        f"is empty (0 bytes); fill it or remove it (full log: {(tmp_path / 'r' / 'logs' / 'vora.log').resolve()})"]
 
 
 def test_url_list_jsonl_without_one_object_line_is_a_clear_error(tmp_path):

@@ -108,4 +108,4 @@ def test_cli_mix_with_a_missing_response_column_exits_2_naming_file_and_columns(
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: mix-text: 1 of 1 units failed — text:qa: DataError: qa.jsonl: no response column "
                       "'response' in any row; columns found: question, output (set `response_col` in "
-                      "text_sources.qa)"]
+                      f"text_sources.qa) (full log: {(tmp_path / 'r' / 'logs' / 'vora.log').resolve()})"]

@@ -14,7 +14,7 @@ CAPTIONS = register_view(View(
     name="captions",
     pattern="captions/*/*.parquet",
     select=r"""
-        SELECT sample_id, regexp_extract(filename, '/captions/([^/]+)/[^/]+\.parquet$', 1) AS source,
+        SELECT sample_id, regexp_extract(filename, '(?:^|/)captions/([^/]+)/[^/]+\.parquet$', 1) AS source,
                regexp_extract(filename, '/([^/]+)\.parquet$', 1) AS shard,
                key, caption, prompt, model, engine, n_tokens, seconds, finish_reason, flags, error
         FROM {src}""",

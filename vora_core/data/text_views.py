@@ -71,7 +71,7 @@ register_view(View(
     name="mixture_parts",
     pattern="mixture/*/part-*.parquet",
     select=r"""
-        SELECT regexp_extract(filename, '/mixture/([^/]+)/[^/]+\.parquet$', 1) AS stage, * EXCLUDE (filename)
+        SELECT regexp_extract(filename, '(?:^|/)mixture/([^/]+)/[^/]+\.parquet$', 1) AS stage, * EXCLUDE (filename)
         FROM """ + complete_parts_sql("{src}"),
     empty=_empty({"stage": "VARCHAR", **MIXTURE_COLUMNS}),
 ))
