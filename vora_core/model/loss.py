@@ -30,9 +30,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             t = targets[start:start + chunk]
             logits = h @ weight.t()
             if bias is not None:
-                logits = logits + bias
-            logp = torch.log_softmax(logits.float(), dim=-1)
+                logits += bias
+            logp = logits.float()  # log-softmax in place: one fp32 [chunk, vocab] buffer per chunk
             del logits
+            logp -= torch.logsumexp(logp, dim=-1, keepdim=True)
             total -= logp.gather(1, t.unsqueeze(1)).sum()
             if not (need_hidden or need_weight or need_bias):
                 del logp
