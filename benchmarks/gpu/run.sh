@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/vora ]; then
 fi
 SUITE_PY=.venv/bin/python
 if [ "${INSTALL_VLLM:-0}" = 1 ]; then
-  [ -x .venv-vllm/bin/python ] || { "$PYTHON" -m venv .venv-vllm && .venv-vllm/bin/pip install -q vllm && .venv-vllm/bin/pip install -q -e .; }
+  [ -x .venv-vllm/bin/python ] || { "$PYTHON" -m venv .venv-vllm && .venv-vllm/bin/pip install -q -e '.[vllm]'; }
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$SUITE_PY" benchmarks/gpu/suite.py --out "$OUT" "$@"

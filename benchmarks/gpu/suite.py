@@ -135,7 +135,8 @@ def step_flops(c: StepConfig, model, batch: dict) -> float:
             else:
                 base += p.numel()
     d_attn = c.heads * (c.hidden // c.heads)
-    ve = sum(p.numel() for p in model.vision_embedding.parameters() if p.dim() >= 2)
+    ve = sum(m.weight.numel() for m in model.vision_embedding.modules() if isinstance(m, (torch.nn.Conv2d,
+                                                                                         torch.nn.Linear)))
     aux = len(model.config.distill_blocks) * c.hidden * c.teacher_hidden
     teacher = sum(p.numel() for n, p in model.teacher.named_parameters() if p.dim() == 2 and "embed" not in n)
     flops = 4 * base * tokens + 6 * lora * tokens
@@ -239,6 +240,7 @@ def section_step(args) -> dict:
                          "flops_per_step": flops, "tokens": tokens,
                          "images": len(batch["pixel_values"] or [])})
         del model, batch
+        torch._dynamo.reset()  # compiled code holds the blocks: free the model before building the next
         if device == "cuda":
             torch.cuda.empty_cache()
     status = "ok" if all(r["status"] == "ok" for r in runs) else "failed"
