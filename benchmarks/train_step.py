@@ -7,6 +7,7 @@ embeddings (target: < 3 % at a 4k-token batch).
 
     .venv/bin/python benchmarks/train_step.py                      # DESIGN's reference-sized config
     .venv/bin/python benchmarks/train_step.py --hidden 128 --layers 4 --steps 2   # quick
+    .venv/bin/python benchmarks/train_step.py --compile --lm-loss-chunk 0   # compiled blocks, plain LM loss
     .venv/bin/python benchmarks/train_step.py --loader   # packing vs padding, loader vs step (benchmarks/train_loader.py)
 """
 
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flex_attention"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each decoder block (regional)")
+    parser.add_argument("--lm-loss-chunk", type=int, default=4096, help="label positions per LM-loss chunk; 0: plain")
     parser.add_argument("--loader", action="store_true",
                         help="instead: packing vs padding and the data loader vs the step, through the stage code")
     args = parser.parse_args()
@@ -113,9 +116,13 @@ def main() -> None:
                                 image_size=args.image_size, patch_size=args.patch_size, use_head=False)
     config = VoRAConfig(text_config=text, teacher_config=teacher, lora_rank=args.lora_rank, distill=args.distill,
                         image_size=args.image_size, patch_size=args.patch_size, image_token_id=IMAGE_TOKEN,
-                        attn_implementation=args.attn)
+                        attn_implementation=args.attn, lm_loss_chunk=args.lm_loss_chunk)
     model = VoRAForCausalLM(config).to(args.device)
     counts = configure_trainable(model, "pretrain")
+    if args.compile:  # the warm-up step (step 0) pays the compilation
+        from vora_core.model.compile import compile_blocks
+
+        compile_blocks(model)
     model.train()
 
     for name in ("build_attention_mask", "visibility_limit", "image_ids_from_input_ids", "padding_doc_ids",
@@ -151,6 +158,7 @@ def main() -> None:
     print(f"config: LLM {args.hidden}x{args.layers} (vocab {args.vocab}), teacher {args.teacher_hidden}x"
           f"{args.teacher_layers} at {args.image_size}px/{args.patch_size} ({tokens_per_image} tokens/image), "
           f"LoRA r={args.lora_rank}, distill={args.distill}, attn={args.attn}, device={args.device}, "
+          f"compile={args.compile}, lm_loss_chunk={args.lm_loss_chunk}, "
           f"threads={torch.get_num_threads()}")
     print(f"trainable {counts['trainable'] / 1e6:.2f} M, frozen {counts['frozen'] / 1e6:.2f} M parameters")
     print(f"batch: {args.batch} x {args.row_tokens} packed tokens (0 padding), {n_images / len(step_times):.1f} "

@@ -137,3 +137,20 @@ def test_gradient_checkpointing_recomputes_and_keeps_the_gradient(setup, tokeniz
     for name in plain:
         assert torch.allclose(plain[name], ckpt[name], rtol=1e-5, atol=1e-7), name
     assert torch.equal(plain_vec, ckpt_vec)
+
+
+@pytest.mark.parametrize(("compile_on", "chunk"), [(True, 7), (False, 4096)])
+def test_build_model_applies_compile_and_lm_loss_chunk(world, tmp_path, compile_on: bool, chunk: int):
+    from vora_core.catalog import PretrainSettings
+    from vora_core.train.loop import build_model
+    from vora_core.train.spec import RunSpec
+
+    _, fields = vora_config(world, "square")
+    settings = {"compile": True, "lm_loss_chunk": 7} if compile_on else {}  # False / 4096: the defaults
+    model_spec = {"init": "parts", "llm": str(world.llm), "teacher": str(world.teacher), "fields": fields}
+    spec = RunSpec("pretrain", str(tmp_path), str(tmp_path / "samples.arrow"), str(world.llm), model_spec,
+                   PretrainSettings(**settings).model_dump())
+    model, _ = build_model(spec)
+    assert model.config.lm_loss_chunk == chunk
+    compiled = [getattr(layer, "_vora_compiled", False) for layer in model.llm.get_decoder().layers]
+    assert compiled == [compile_on] * len(compiled)

@@ -27,6 +27,9 @@ class VoRAConfig(PreTrainedConfig):
     the recipe: LoRA rank and depth, image attention mode, distillation mode, and the vision
     embedding geometry (`image_size`, `patch_size`, `vision_hidden`, `max_image_tokens`).
 
+    `lm_loss_chunk`: label positions per chunk of the LM loss (0: the whole batch's logits at once);
+    see `vora_core.model.loss`.
+
     `image_resize="fixed"` resizes every image to `image_size`²; `"native"` keeps the aspect ratio
     with at most `max_image_tokens` patches (the positional embedding is interpolated to the grid).
     """
@@ -57,6 +60,7 @@ class VoRAConfig(PreTrainedConfig):
     image_token_id: int | None = None
     vision_rms_norm_eps: float | None = None
     initializer_range: float = 0.02
+    lm_loss_chunk: int = 4096
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

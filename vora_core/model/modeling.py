@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
@@ -31,6 +30,7 @@ from vora_core.model import masks
 from vora_core.model.config import VoRAConfig
 from vora_core.model.distill import AuxHead, capture_student_blocks, cosine_loss, teacher_targets
 from vora_core.model.lora import inject_lora
+from vora_core.model.loss import lm_loss_sum
 from vora_core.model.vision_embedding import VisionEmbedding, grids_of, init_from_teacher
 
 
@@ -248,8 +248,10 @@ class VoRAForCausalLM(VoRAPreTrainedModel):
         if packed and docs is not None:
             valid = valid & (docs[:, 1:] == docs[:, :-1])
         n_valid = valid.sum()
-        logits = lm_head(hidden[:, :-1][valid])  # LM head on labelled positions only
-        lm_loss = F.cross_entropy(logits.float(), targets[valid], reduction="sum") / n_valid.clamp(min=1)
+        # LM head on labelled positions only, `lm_loss_chunk` of them at a time (vora_core.model.loss)
+        lm_sum = lm_loss_sum(hidden[:, :-1][valid], lm_head.weight, lm_head.bias, targets[valid],
+                             config.lm_loss_chunk)
+        lm_loss = lm_sum / n_valid.clamp(min=1)
         result.lm_loss = lm_loss
         result.num_label_tokens = n_valid
         loss = lm_loss

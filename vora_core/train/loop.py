@@ -102,7 +102,12 @@ def build_model(spec: RunSpec):
                                            attn_implementation=spec.attn_implementation, **m["fields"])
     else:
         model = load_vora(m["path"], dtype=torch.float32, attn_implementation=spec.attn_implementation)
+    model.config.lm_loss_chunk = spec.settings.get("lm_loss_chunk", model.config.lm_loss_chunk)
     counts = configure_trainable(model, spec.stage)
+    if spec.settings.get("compile"):
+        from vora_core.model.compile import compile_blocks
+
+        compile_blocks(model)
     return model, counts
 
 
