@@ -524,6 +524,9 @@ class MixSettings(Strict):
 class Catalog(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     workdir: str = Field(description="the run directory; relative paths are against the working directory")
+    stages_dir: str | None = Field(
+        None, description="where pretrain/, merged/, finetune/, eval/ and the lock go; default: workdir "
+        "(`vora ablate` gives each variant its own, under <workdir>/ablations/)")
     seed: int = 0
     sources: dict[str, Source] = Field(min_length=1)
     download: DownloadSettings = Field(default_factory=DownloadSettings)
@@ -567,7 +570,7 @@ class Catalog(Strict):
 
     @property
     def run(self) -> RunDir:
-        return RunDir(self.workdir)
+        return RunDir(self.workdir, self.stages_dir)
 
     def settings_fingerprint(self, *parts: Any) -> str:
         """Fingerprint of the given settings (pydantic models are dumped to JSON first)."""
