@@ -51,9 +51,9 @@ def publish_report(catalog: Catalog, grid: Grid) -> dict | None:
 
 @flow(name="ablate", log_prints=True)
 def ablate_flow(catalog_path: str, variants_path: str | None = None, only: list[str] | None = None,
-                parallel: int = 1) -> dict[str, object]:
+                parallel: int = 1, full_llm: bool = False) -> dict[str, object]:
     catalog = load_catalog(catalog_path)
-    grid = load_grid(variants_path)
+    grid = load_grid(variants_path, full_llm)
     check_stages(only)
     vora_pipeline(catalog_path, until_stage="mix")  # download, recaption, mix: once, for every variant
     chain.prepare_shared(catalog)

@@ -322,7 +322,8 @@ class ModelSettings(Strict):
     llm: str = Field("tiny", description="HF name or directory of the instruct LLM; `tiny` = build one")
     teacher: str | None = Field("tiny", description="HF name or directory of the AIMv2 teacher; `tiny` = build one")
     tiny: TinyModelSettings = Field(default_factory=TinyModelSettings)
-    lora_rank: int = Field(1024, gt=0)
+    lora_rank: int = Field(1024, ge=0, description="0: no LoRA, pretraining trains every LLM weight (the paper's "
+                           "full-parameter ablation, which it found unstable)")
     lora_layers: int | None = Field(None, gt=0, description="LoRA'd and distilled blocks; default: teacher depth")
     vision_attention: Literal["bidirectional", "causal"] = "bidirectional"
     distill: Literal["blockwise", "last", "none"] = "blockwise"

@@ -54,7 +54,9 @@ def command(tmp_path: Path, catalog: Path) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    out = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # A loaded machine can take over a minute to start the embedded Prefect server (default limit: 20 s).
+    out = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
     out.pop("PREFECT_API_URL", None)  # its own embedded server, like a user's run
     out.pop("PREFECT_HOME", None)
     return out

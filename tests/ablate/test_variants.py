@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from vora_core.ablation.chain import plan
-from vora_core.ablation.variants import PAPER_GRID, check_stages, load_grid, variant_catalog
+from vora_core.ablation.variants import PAPER_GRID, Variant, check_stages, load_grid, variant_catalog
 from vora_core.catalog import parse_catalog
 from vora_core.errors import CatalogError
 
@@ -71,7 +71,7 @@ def test_variants_file_is_validated_like_a_catalog(tmp_path):
         load_grid(bad)
     assert str(e.value) == f"{bad}: invalid variants file:\n  baseline 'vanilla' is not one of the variants (a)"
     bad.write_text(yaml.safe_dump({"baseline": "a", "variants": {"a": {"lora_rank": 4, "lora_rank_factor": 0.5}}}))
-    with pytest.raises(CatalogError, match=r"variants\.a: give lora_rank or lora_rank_factor, not both"):
+    with pytest.raises(CatalogError, match=r"variants\.a: give one of lora_rank, lora_rank_factor and full_llm"):
         load_grid(bad)
     bad.write_text(yaml.safe_dump({"baseline": "A", "variants": {"A": {}}}))
     with pytest.raises(CatalogError, match=r"variant name\(s\) 'A': use lowercase letters, digits and '-'"):
@@ -115,3 +115,15 @@ def test_cli_bad_variants_and_only_are_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == "error: v.yaml: variants file not found (see ablations/paper.yaml)"
     assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_full_llm_flag_adds_the_variant_without_lora(tmp_path):
+    c = catalog(tmp_path, rank=8)
+    grid = load_grid(None, full_llm=True)
+    assert list(grid.variants) == [*PAPER_GRID.variants, "full-llm"]
+    full = variant_catalog(c, "full-llm", grid.variants["full-llm"])
+    assert (full.model.lora_rank, full.model.vision_attention, full.model.distill) == (0, "bidirectional", "blockwise")
+    slower = Variant(full_llm=True, pretrain_lr=1e-5)
+    low = variant_catalog(c, "full-llm-low-lr", slower)
+    assert (low.model.lora_rank, low.pretrain.lr, low.pretrain.seed) == (0, 1e-5, c.pretrain.seed)
+    assert load_grid(ROOT / "ablations" / "paper.yaml", full_llm=True).variants["full-llm"].full_llm

@@ -33,17 +33,23 @@ class Variant(Strict):
     lora_rank: int | None = Field(None, gt=0, description="absolute rank")
     lora_rank_factor: float | None = Field(None, gt=0, description="the catalog's rank × this (the paper's r/2: 0.5)")
     lora_layers: int | None = Field(None, gt=0)
+    full_llm: bool = Field(False, description="no LoRA: pretraining trains every LLM weight (lora_rank 0)")
+    pretrain_lr: float | None = Field(None, gt=0, description="pretraining learning rate (the paper's full-LLM run "
+                                      "trained only with a lower one)")
 
     @model_validator(mode="after")
     def _one_rank(self) -> Variant:
-        if self.lora_rank is not None and self.lora_rank_factor is not None:
-            raise ValueError("give lora_rank or lora_rank_factor, not both")
+        given = [k for k in ("lora_rank", "lora_rank_factor") if getattr(self, k) is not None]
+        if len(given) == 2 or (given and self.full_llm):
+            raise ValueError("give one of lora_rank, lora_rank_factor and full_llm")
         return self
 
     def model_overrides(self, rank: int) -> dict[str, Any]:
         keys = ("vision_attention", "distill", "distill_weight", "lora_layers")
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-        if self.lora_rank is not None:
+        if self.full_llm:
+            out["lora_rank"] = 0
+        elif self.lora_rank is not None:
             out["lora_rank"] = self.lora_rank
         elif self.lora_rank_factor is not None:
             out["lora_rank"] = max(1, round(rank * self.lora_rank_factor))
@@ -71,6 +77,11 @@ class Grid(Strict):
         return self
 
 
+# The paper's full-parameter variant (§5.2: unstable at the LoRA learning rate), added by `--full-llm`.
+FULL_LLM = "full-llm"
+FULL_LLM_VARIANT = Variant(label="bidirectional, block-wise, no LoRA: every LLM weight trains",
+                           vision_attention="bidirectional", distill="blockwise", full_llm=True)
+
 # The paper's Table 2 (§5.2), r = the catalog's model.lora_rank.
 PAPER_GRID = Grid(variants={
     "vanilla": Variant(label="causal, no distillation, r", vision_attention="causal", distill="none"),
@@ -83,8 +94,10 @@ PAPER_GRID = Grid(variants={
 })
 
 
-def load_grid(path: str | Path | None) -> Grid:
-    """The variants file at `path`, or the paper's grid."""
+def load_grid(path: str | Path | None, full_llm: bool = False) -> Grid:
+    """The variants file at `path`, or the paper's grid; `full_llm` adds the full-LLM variant."""
+    if full_llm:
+        return with_full_llm(load_grid(path))
     if path is None:
         return PAPER_GRID
     path = Path(path)
@@ -104,6 +117,13 @@ def load_grid(path: str | Path | None) -> Grid:
         # A grid-level check has no key to name: its message says what is wrong by itself.
         lines = [_describe(err) if err["loc"] else err["msg"].removeprefix("Value error, ") for err in e.errors()]
         raise CatalogError(f"{path}: invalid variants file:\n  " + "\n  ".join(lines)) from None
+
+
+def with_full_llm(grid: Grid) -> Grid:
+    """The grid plus the full-LLM variant (unless the file already has one by that name)."""
+    if FULL_LLM in grid.variants:
+        return grid
+    return grid.model_copy(update={"variants": {**grid.variants, FULL_LLM: FULL_LLM_VARIANT}})
 
 
 def check_stages(only: list[str] | None) -> list[str]:
@@ -126,6 +146,8 @@ def variant_catalog(catalog: Catalog, name: str, variant: Variant) -> Catalog:
     data["workdir"] = str(catalog.run.root)
     data["stages_dir"] = str(variant_root(catalog, name))
     data["model"] = {**data["model"], **variant.model_overrides(catalog.model.lora_rank)}
+    if variant.pretrain_lr is not None:
+        data["pretrain"] = {**data["pretrain"], "lr": variant.pretrain_lr}  # the data order does not depend on it
     return parse_catalog(data, f"variant {name}")
 
 
