@@ -30,10 +30,28 @@ def prepare_shared(catalog: Catalog) -> dict[str, str]:
     return {name: str(path) for name, path in build_tiny_models(catalog).items()}
 
 
+def resolve_imports() -> None:
+    """Import what the variants' stages use, here, once: transformers resolves its names lazily and
+    that is not thread-safe — two variants running in threads (`--parallel`) can each see a half-made
+    module ("cannot import name 'AutoTokenizer'")."""
+    import transformers
+
+    import vora_core.eval.runner
+    import vora_core.merge_stage
+    import vora_core.model.modeling  # noqa: F401 - imported for its side effect
+    import vora_core.train.stage  # noqa: F401
+
+    for name in ("AutoConfig", "AutoTokenizer", "AutoImageProcessor", "AutoModel", "AutoModelForCausalLM",
+                 "CLIPImageProcessor", "Aimv2VisionModel", "Aimv2VisionConfig", "DynamicCache",
+                 "PreTrainedTokenizerFast", "Qwen2Config", "Qwen2ForCausalLM", "LlamaConfig", "LlamaForCausalLM"):
+        getattr(transformers, name)
+
+
 def plan(catalog: Catalog, grid: Grid, only: list[str] | None = None) -> list[Unit]:
     """Write each variant's catalog and return one unit per variant, in the grid's order."""
     from vora_core.train import stage as train_stage
 
+    resolve_imports()
     stages = check_stages(only)
     units = []
     for name, variant in grid.variants.items():
