@@ -10,6 +10,7 @@ known before anything runs.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def plan(catalog: Catalog, grid: Grid, only: list[str] | None = None) -> list[Un
     return units
 
 
+# merge and evaluate load models in this process; transformers' loading is not thread-safe (it swaps
+# global init functions and the default device), so variants running in threads take turns there.
+# Training runs under torchrun in child processes: those overlap.
+IN_PROCESS_MODELS = threading.Lock()
+
+
 def run_stages(derived: Catalog, stages: list[str], on_progress: Callable[[dict], None] | None = None) -> dict:
     """The variant's stages through the stage modules (each skips what its markers say is done)."""
     from vora_core import merge_stage
@@ -76,9 +83,11 @@ def run_stages(derived: Catalog, stages: list[str], on_progress: Callable[[dict]
         if stage in train_stage.STAGES:
             results[stage] = train_stage.run_stage(derived, stage, on_progress=on_progress)
         elif stage == "merge":
-            results[stage] = merge_stage.run_stage(derived)
+            with IN_PROCESS_MODELS:
+                results[stage] = merge_stage.run_stage(derived)
         else:
-            results[stage] = runner.run_stage(derived)
+            with IN_PROCESS_MODELS:
+                results[stage] = runner.run_stage(derived)
         log.info("%s %s: %s", derived.name, stage, sorted({r["status"] for r in results[stage]}))
     return results
 

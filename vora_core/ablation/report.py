@@ -212,7 +212,8 @@ def plot_losses(runs: dict[str, list[dict]], window: int, out: Path) -> Path:
             ax.plot(*smoothed_lm(rows, window), label=name, linewidth=1.2)
     ax.set(xlabel="step", ylabel=f"LM loss (moving average, {window} steps)", title="Pretraining loss per variant")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, out)
 
 
