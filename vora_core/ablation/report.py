@@ -224,6 +224,9 @@ def plot_distill(runs: dict[str, list[dict]], out: Path) -> Path:
         blocks = block_distill(rows)
         if blocks:
             ax.plot([int(b) for b in blocks], list(blocks.values()), marker="o", label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="LLM block", ylabel="distillation loss (mean, last quarter)",
            title="Distillation loss per block (variants with distillation)")
     ax.grid(alpha=0.3)
