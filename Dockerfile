@@ -9,6 +9,7 @@ COPY pyproject.toml Makefile README.md ./
 COPY vora_core ./vora_core
 COPY flows ./flows
 COPY catalogs ./catalogs
+COPY ablations ./ablations
 RUN make setup VENV=/opt/vora PYTHON=python3.11 TORCH_SPEC="$TORCH_SPEC"
 ENV PATH=/opt/vora/bin:$PATH
 CMD ["vora", "--help"]

@@ -133,6 +133,26 @@ def run(
 
 
 @app.command()
+def ablate(
+    catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")],
+    variants: Annotated[str | None, typer.Option(help="variants file (YAML); default: the paper's grid")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="per-variant stage: pretrain, merge, finetune, evaluate")] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="variants running at once")] = 1,
+    full_llm: Annotated[bool, typer.Option(help="add the full-LLM variant (no LoRA; the paper found it unstable)")] = False,
+) -> None:
+    """Run the paper's ablation grid: every variant over the same data, then figures and a table."""
+    from vora_core.ablation.variants import check_stages, load_grid
+
+    load_grid(variants, full_llm)  # fail fast, before Prefect starts
+    check_stages(only)
+    catalog = _load(catalog_path)
+    from flows.ablate import ablate_flow
+
+    ablate_flow(catalog_path, variants_path=variants, only=only, parallel=parallel, full_llm=full_llm)
+    console.print(f"[green]ablation finished[/green]; table and figures under {catalog.run.root / 'ablations'}")
+
+
+@app.command()
 def deploy(
     catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")],
     name: Annotated[str | None, typer.Option(help="deployment name (default: the catalog's name)")] = None,

@@ -332,7 +332,8 @@ class ModelSettings(Strict):
     llm: str = Field("tiny", description="HF name or directory of the instruct LLM; `tiny` = build one")
     teacher: str | None = Field("tiny", description="HF name or directory of the AIMv2 teacher; `tiny` = build one")
     tiny: TinyModelSettings = Field(default_factory=TinyModelSettings)
-    lora_rank: int = Field(1024, gt=0)
+    lora_rank: int = Field(1024, ge=0, description="0: no LoRA, pretraining trains every LLM weight (the paper's "
+                           "full-parameter ablation, which it found unstable)")
     lora_layers: int | None = Field(None, gt=0, description="LoRA'd and distilled blocks; default: teacher depth")
     vision_attention: Literal["bidirectional", "causal"] = "bidirectional"
     distill: Literal["blockwise", "last", "none"] = "blockwise"
@@ -542,6 +543,9 @@ class MixSettings(Strict):
 class Catalog(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     workdir: str = Field(description="the run directory; relative paths are against the working directory")
+    stages_dir: str | None = Field(
+        None, description="where pretrain/, merged/, finetune/, eval/ and the lock go; default: workdir "
+        "(`vora ablate` gives each variant its own, under <workdir>/ablations/)")
     seed: int = 0
     sources: dict[str, Source] = Field(min_length=1)
     download: DownloadSettings = Field(default_factory=DownloadSettings)
@@ -585,7 +589,7 @@ class Catalog(Strict):
 
     @property
     def run(self) -> RunDir:
-        return RunDir(self.workdir)
+        return RunDir(self.workdir, self.stages_dir)
 
     def settings_fingerprint(self, *parts: Any) -> str:
         """Fingerprint of the given settings (pydantic models are dumped to JSON first)."""

@@ -149,14 +149,18 @@ def run_unit_with_marker(unit: Unit, work: Callable[[Unit], dict], force: bool =
 
 
 class RunDir:
-    """Paths of one run directory (see DESIGN.md "The run directory")."""
+    """Paths of one run directory (see DESIGN.md "The run directory").
 
-    def __init__(self, root: str | Path):
+    `stages_root` (default: `root`) holds the model stages' outputs and the lock: an ablation variant
+    keeps its own there while it shares the run's data (sources, shards, mixtures, models/)."""
+
+    def __init__(self, root: str | Path, stages_root: str | Path | None = None):
         self.root = Path(root).resolve()
+        self.stages_root = Path(stages_root).resolve() if stages_root else self.root
 
     @property
     def lock_file(self) -> Path:
-        return self.root / "catalog.lock.yaml"
+        return self.stages_root / "catalog.lock.yaml"
 
     @property
     def manifest(self) -> Path:
@@ -179,10 +183,11 @@ class RunDir:
 
     def stage_dir(self, stage: str) -> Path:
         """pretrain/, merged/, finetune/, eval/."""
-        return self.root / {"merge": "merged", "evaluate": "eval"}.get(stage, stage)
+        return self.stages_root / {"merge": "merged", "evaluate": "eval"}.get(stage, stage)
 
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.stages_root.mkdir(parents=True, exist_ok=True)
         return self
 
 

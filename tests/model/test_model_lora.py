@@ -127,3 +127,11 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny):
     assert torch.equal(loss_a, loss_b)
     for name, grad in grads_a.items():  # distillation gradients survive recomputation
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_pretrain_without_lora_trains_every_llm_weight_and_keeps_the_teacher_frozen(tiny):
+    model = make_vora(tiny, lora_rank=0)  # the paper's full-parameter ablation
+    counts = configure_trainable(model, "pretrain")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if not n.startswith("teacher.")}
+    assert counts["frozen"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("teacher.")) > 0

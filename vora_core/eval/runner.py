@@ -289,10 +289,12 @@ _LOADED: dict[tuple, Loaded] = {}
 def _model_for(path: str, dtype: str, device: str) -> Loaded:
     """Benchmarks run one after another in one worker: load the model once per process."""
     key = (path, dtype, device, json.dumps(model_identity(Path(path))))
-    if key not in _LOADED:
+    loaded = _LOADED.get(key)
+    if loaded is None:  # read once: a thread evaluating another model (`vora ablate --parallel`) may clear it
+        loaded = load_model(path, dtype, device)
         _LOADED.clear()
-        _LOADED[key] = load_model(path, dtype, device)
-    return _LOADED[key]
+        _LOADED[key] = loaded
+    return loaded
 
 
 def run_unit(catalog: Catalog, unit: Unit) -> dict:

@@ -53,7 +53,8 @@ def has_lora(model: nn.Module) -> bool:
 def configure_trainable(model: VoRAForCausalLM, stage: Literal["pretrain", "finetune"]) -> dict[str, int]:
     """Set `requires_grad` for a stage and return the counts {trainable, frozen}.
 
-    pretrain: LoRA A/B + vision embedding + distillation heads; the base LLM and teacher frozen.
+    pretrain: LoRA A/B + vision embedding + distillation heads; the base LLM and teacher frozen. A model
+    built with lora_rank 0 trains every LLM weight instead (the paper's full-parameter ablation).
     finetune: every LLM parameter + vision embedding (expects a merged model: no LoRA, no teacher).
     """
     if stage not in ("pretrain", "finetune"):
@@ -61,14 +62,15 @@ def configure_trainable(model: VoRAForCausalLM, stage: Literal["pretrain", "fine
     if stage == "finetune" and has_lora(model):
         raise ModelError("finetune trains the full LLM but this model still has LoRA layers; merge it first "
                          "(vora_core.model.merge.merge_lora) and finetune the merged directory")
-    if stage == "pretrain" and not has_lora(model):
-        raise ModelError("pretrain trains LoRA layers but this model has none; set lora_rank > 0")
+    lora = has_lora(model)
+    if stage == "pretrain" and not lora and model.config.lora_rank > 0:
+        raise ModelError(f"pretrain: lora_rank is {model.config.lora_rank} but the model has no LoRA layers")
     for name, param in model.named_parameters():
         if name.startswith("teacher."):
             train = False
         elif name.startswith(("vision_embedding.", "aux_heads.")):
             train = True
-        elif stage == "pretrain":
+        elif stage == "pretrain" and lora:
             train = is_lora_name(name)
         else:
             train = name.startswith("llm.")
