@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +49,24 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("vora")
 
 
+# After a reporting call fails (server gone, network down), reporting pauses this long: the Prefect
+# client retries each call with backoff, and work must not wait on that at every progress step.
+REPORTING_PAUSE_S = 60.0
+_reporting_paused_until = 0.0
+
+
 def best_effort(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """Reporting (artifacts, progress, UI updates) never fails the work: any error is a warning."""
+    """Reporting (artifacts, progress, UI updates) never fails the work: any error is a warning,
+    and reporting pauses for `REPORTING_PAUSE_S` before it is tried again."""
+    global _reporting_paused_until
+    if time.monotonic() < _reporting_paused_until:
+        return None
     try:
         return call(*args, **kwargs)
     except Exception as e:
-        run_logger().warning("%s failed (the work carries on): %s: %s", what, type(e).__name__, e)
+        _reporting_paused_until = time.monotonic() + REPORTING_PAUSE_S
+        run_logger().warning("%s failed (the work carries on; reporting pauses %gs): %s: %s",
+                                          what, REPORTING_PAUSE_S, type(e).__name__, e)
         return None
 
 
