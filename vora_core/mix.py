@@ -366,6 +366,9 @@ def mixture_table(catalog: Catalog, stage: str) -> list[dict]:
              "share": f"{r['share']:.1%}", "est_tokens": r["est_text_tokens"]} for r in stats["by_source"]]
     rows.append({"part": "total", "name": stage, "rows": stats["rows"], "share": "100.0%",
                  "est_tokens": stats["est_text_tokens"]})
-    for step, n in (stats.get("captions") or {}).items():
-        rows.append({"part": "caption funnel", "name": step, "rows": n, "share": None, "est_tokens": None})
+    funnel = stats.get("captions") or {}
+    for step in ("images", "too_small", "no_caption", "duplicates", "used"):
+        n = funnel.get(step)
+        if n is not None:
+            rows.append({"part": "caption funnel", "name": step, "rows": n, "share": None, "est_tokens": None})
     return rows
