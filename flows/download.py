@@ -26,6 +26,5 @@ def download_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
     )
     open_manifest(catalog.run).close()  # rebuild the views over what is on disk now
     rows = download.summary(catalog)
-    publish_table(catalog, "download", rows, "download: rows, successes, failures by reason, images/s",
-                  outputs=catalog.run.root / "shards")
+    publish_table(catalog, "download", rows, "download: rows, successes, failures by reason, images/s")
     return check_failures(catalog, download.failure_report(catalog), settings.max_failure_rate, results)

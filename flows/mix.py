@@ -23,8 +23,7 @@ def mix_flow(catalog_path: str, force: bool = False) -> list[dict]:
     results += map_units(catalog, catalog_path, "mix", mixtures, "vora_core.mix:run_unit", force=force)
     open_manifest(catalog.run).close()
     publish_table(catalog, "mix", mix.summary(catalog),
-                  "mix: units (text sources: rows written / rejected by reason; mixtures: rows)",
-                  outputs=catalog.run.root)
+                  "mix: units (text sources: rows written / rejected by reason; mixtures: rows)")
     for stage in ("pretrain", "finetune"):
         publish_table(catalog, f"mixture-{stage}", mix.mixture_table(catalog, stage),
                       f"mixture for {stage}: rows, share and estimated tokens per source; the caption funnel",

@@ -71,6 +71,5 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
     for row in rows:
         if row["quality"] != "ok":
             run_logger().warning("recaption %s: %s", row["source"], row["quality"])
-    publish_table(catalog, "recaption", rows, "recaption: images, captions, flags, quality, images/s, tokens/s",
-                  outputs=catalog.run.root / "captions")
+    publish_table(catalog, "recaption", rows, "recaption: images, captions, flags, quality, images/s, tokens/s")
     return results
