@@ -110,7 +110,7 @@ def stage(
 
     if name not in STAGE_FLOWS:
         raise VoraError(f"stage {name!r} is not built yet; available: {', '.join(STAGE_FLOWS)}")
-    STAGE_FLOWS[name](catalog_path, force=force)
+    STAGE_FLOWS[name](str(Path(catalog_path).resolve()), force=force)  # absolute in the UI
     console.print(f"[green]{name} finished[/green] — `vora status {catalog_path}` shows the counts")
 
 
@@ -128,7 +128,7 @@ def run(
     catalog = _load(catalog_path)
     from flows.pipeline import vora_pipeline
 
-    vora_pipeline(catalog_path, only=only, from_stage=from_, until_stage=until, force=force)
+    vora_pipeline(str(Path(catalog_path).resolve()), only=only, from_stage=from_, until_stage=until, force=force)
     console.print(f"[green]pipeline finished[/green]; results under {catalog.workdir}")
 
 

@@ -7,22 +7,88 @@ speed-up on top of it, keyed by (stage, unit id, settings fingerprint) + the tas
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
+import yaml
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.errors import StageError
 from vora_core.stages import resolve
-from vora_core.workdir import Unit, run_unit_with_marker
+from vora_core.workdir import STAGES, Unit, run_unit_with_marker
+
+T = TypeVar("T")
+# The stage names as a type: the deployment's parameter schema lists them (an enum in the UI).
+StageName = Literal["download", "recaption", "mix", "pretrain", "merge", "finetune", "evaluate"]
+assert StageName.__args__ == STAGES, "StageName must list vora_core.workdir.STAGES in order"
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger inside a flow or task run (shipped to the UI), the `vora` logger elsewhere."""
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger("vora")
+
+
+# After a reporting call fails (server gone, network down), reporting pauses this long: the Prefect
+# client retries each call with backoff, and work must not wait on that at every progress step.
+REPORTING_PAUSE_S = 60.0
+_reporting_paused_until = 0.0
+
+
+def best_effort(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Reporting (artifacts, progress, UI updates) never fails the work: any error is a warning,
+    and reporting pauses for `REPORTING_PAUSE_S` before it is tried again."""
+    global _reporting_paused_until
+    if time.monotonic() < _reporting_paused_until:
+        return None
+    try:
+        return call(*args, **kwargs)
+    except Exception as e:
+        _reporting_paused_until = time.monotonic() + REPORTING_PAUSE_S
+        run_logger().warning("%s failed (the work carries on; reporting pauses %gs): %s: %s",
+                                          what, REPORTING_PAUSE_S, type(e).__name__, e)
+        return None
+
+
+def report_progress(artifact: Any, percent: float) -> None:
+    """Move a progress artifact (made by `create_progress_artifact`; None: nothing to move)."""
+    if artifact is not None:
+        best_effort("progress update", update_progress_artifact, artifact, percent)
+
+
+def run_name(stage: str) -> Callable[[], str]:
+    """A flow-run namer: `<catalog name>-<stage>`, `-forced` appended when `force` is set."""
+
+    def name() -> str:
+        params = flow_run.parameters
+        path = Path(params.get("catalog_path", ""))
+        try:
+            catalog = str(yaml.safe_load(path.read_text()).get("name") or path.stem)
+        except Exception:  # a bad catalog fails in the flow itself, with its own message
+            catalog = path.stem or "vora"
+        return f"{catalog}-{stage}" + ("-forced" if params.get("force") else "")
+
+    return name
 
 
 @dataclass
@@ -44,7 +110,9 @@ def run_unit_task(catalog_path: str, unit: Unit, runner: str, force: bool = Fals
     catalog = load_catalog(catalog_path)
     work = resolve(runner)
     result = run_unit_with_marker(unit, lambda u: work(catalog, u), force=force)
-    get_run_logger().info("%s %s: %s", unit.stage, unit.id, result.get("status"))
+    best_effort("run log", get_run_logger().info, "%s %s: %s", unit.stage, unit.id, result.get("status"))
+    if result["status"] == "skipped":  # the UI shows it as skipped, not as work done
+        return Completed(name="Skipped", message=f"{unit.id}: marker matches, nothing to do", data=result)
     return result
 
 
@@ -80,9 +148,8 @@ def map_units(
         retry_jitter_factor=0.5 if retries else None,
         refresh_cache=True if force else None,
     )
-    progress = create_progress_artifact(
-        0.0, key=artifact_key(catalog.name, label, "progress"), description=f"{label}: units finished"
-    )
+    progress = best_effort("progress artifact", create_progress_artifact, 0.0,
+                           key=artifact_key(catalog.name, label, "progress"), description=f"{label}: units finished")
     pending = list(units)
     running: dict[PrefectFuture, Unit] = {}
     results: list[dict] = []
@@ -100,7 +167,7 @@ def map_units(
         except Exception as e:  # reported per unit; the stage fails below, after the others finish
             logger.error("%s %s failed: %s", label, unit.id, e)
             results.append({"unit": unit.id, "status": "failed", "error": f"{type(e).__name__}: {e}"})
-        update_progress_artifact(progress, 100.0 * len(results) / len(units))
+        report_progress(progress, 100.0 * len(results) / len(units))
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         details = "; ".join(f"{r['unit']}: {r['error']}" for r in failed)
@@ -108,9 +175,65 @@ def map_units(
     return results
 
 
-def publish_table(catalog: Catalog, stage: str, rows: list[dict], description: str) -> None:
+def stage_outputs(catalog: Catalog, stage: str) -> Path:
+    """Where a stage writes its outputs in the run directory."""
+    named = {"download": "shards", "recaption": "captions", "mix": "mixture"}
+    return catalog.run.root / named[stage] if stage in named else catalog.run.stage_dir(stage)
+
+
+def publish_table(catalog: Catalog, stage: str, rows: list[dict], description: str,
+                  outputs: Path | str | None = None, key: str | None = None) -> None:
+    """A table artifact (best effort); `outputs` (default: `stage_outputs`) is named in it."""
     if rows:
-        create_table_artifact(rows, key=artifact_key(catalog.name, stage), description=description)
+        where = outputs or stage_outputs(catalog, stage)
+        best_effort(f"{stage} table artifact", create_table_artifact, rows,
+                    key=key or artifact_key(catalog.name, stage), description=f"{description}; outputs: {where}")
+
+
+def publish_markdown(catalog: Catalog, key: str, markdown: str, description: str) -> None:
+    best_effort(f"{key} artifact", create_markdown_artifact, markdown, key=artifact_key(catalog.name, key),
+                description=description)
+
+
+def failures_markdown(report: dict) -> str:
+    """The failures artifact: reason, count, share, then up to 5 example rows per reason."""
+    stage = report["stage"]
+    lines = [f"# {stage}: failures", "",
+             f"{report['failed']} of {report['rows']} rows failed ({report['share']:.1%}).", "",
+             "| reason | count | share |", "|---|---:|---:|"]
+    for r in report["reasons"]:
+        share = "filtered by the source" if r.get("filter") else f"{r['share']:.1%}"
+        lines.append(f"| {r['reason']} | {r['count']} | {share} |")
+    for r in report["reasons"]:
+        if r["examples"]:
+            cols = list(r["examples"][0])
+            lines += ["", f"## {r['reason']}: examples", "", "| " + " | ".join(cols) + " |",
+                      "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(_cell(e[c]) for c in cols) + " |" for e in r["examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")[:200]
+
+
+def check_failures(catalog: Catalog, report: dict, max_rate: float, results: list[dict]) -> State | list[dict]:
+    """Publish the stage's failures artifact; above `max_rate` the stage fails (naming the share and the
+    threshold), with some failures it completes as `Completed (with failures)` and a warning in its log."""
+    stage = report["stage"]
+    if report["failed"] or any(r.get("filter") for r in report["reasons"]):
+        publish_markdown(catalog, f"{stage}-failures", failures_markdown(report),
+                         f"{stage}: failed rows by reason, with examples")
+    if not report["failed"]:
+        return results
+    top = ", ".join(f"{r['reason']} {r['count']}" for r in report["reasons"] if not r.get("filter"))
+    summary = (f"{stage}: {report['failed']} of {report['rows']} rows failed ({report['share']:.1%}; {top})")
+    if report["share"] > max_rate:
+        raise StageError(f"{summary}, above {stage}.max_failure_rate={max_rate:g}: see the {stage} failures "
+                         f"artifact or the {stage}_failures view; raise the threshold in the catalog to accept it")
+    run_logger().warning("%s, within %s.max_failure_rate=%g", summary, stage, max_rate)
+    return Completed(name="Completed with failures", message=summary, data=results)
 
 
 def unit_counts(results: list[dict]) -> dict[str, int]:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
-from flows.common import map_units, publish_table
+from flows.common import check_failures, map_units, publish_table, run_name
 from vora_core.catalog import load_catalog
 from vora_core.data import download
 from vora_core.manifest import open_manifest
 
 
-@flow(name="download", log_prints=True)
-def download_flow(catalog_path: str, force: bool = False) -> list[dict]:
+@flow(name="download", log_prints=True, flow_run_name=run_name("download"))
+def download_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
     settings = catalog.download
@@ -26,4 +27,4 @@ def download_flow(catalog_path: str, force: bool = False) -> list[dict]:
     open_manifest(catalog.run).close()  # rebuild the views over what is on disk now
     rows = download.summary(catalog)
     publish_table(catalog, "download", rows, "download: rows, successes, failures by reason, images/s")
-    return results
+    return check_failures(catalog, download.failure_report(catalog), settings.max_failure_rate, results)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import map_units, publish_table
+from flows.common import map_units, publish_table, run_name
 from vora_core import merge_stage
 from vora_core.catalog import load_catalog
 
 
-@flow(name="merge", log_prints=True)
+@flow(name="merge", log_prints=True, flow_run_name=run_name("merge"))
 def merge_flow(catalog_path: str, force: bool = False) -> list[dict]:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()

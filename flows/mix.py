@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import map_units, publish_table
+from flows.common import artifact_key, map_units, publish_table, run_name
 from vora_core import mix
 from vora_core.catalog import load_catalog
 from vora_core.manifest import open_manifest
 
 
-@flow(name="mix", log_prints=True)
+@flow(name="mix", log_prints=True, flow_run_name=run_name("mix"))
 def mix_flow(catalog_path: str, force: bool = False) -> list[dict]:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
@@ -23,5 +23,9 @@ def mix_flow(catalog_path: str, force: bool = False) -> list[dict]:
     results += map_units(catalog, catalog_path, "mix", mixtures, "vora_core.mix:run_unit", force=force)
     open_manifest(catalog.run).close()
     publish_table(catalog, "mix", mix.summary(catalog),
-                  "mix: text sources (rows written / rejected by reason) and mixtures (rows per source and kind)")
+                  "mix: units (text sources: rows written / rejected by reason; mixtures: rows)")
+    for stage in ("pretrain", "finetune"):
+        publish_table(catalog, f"mixture-{stage}", mix.mixture_table(catalog, stage),
+                      f"mixture for {stage}: rows, share and estimated tokens per source; the caption funnel",
+                      outputs=catalog.run.mixture(stage), key=artifact_key(catalog.name, "mixture", stage))
     return results

@@ -7,10 +7,18 @@ import dataclasses
 from collections.abc import Iterator
 
 from prefect import flow
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact
 from prefect.concurrency.sync import concurrency
 
-from flows.common import artifact_key, map_units, publish_table
+from flows.common import (
+    artifact_key,
+    best_effort,
+    map_units,
+    publish_table,
+    report_progress,
+    run_logger,
+    run_name,
+)
 from vora_core.caption import recaption
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.manifest import open_manifest
@@ -34,11 +42,11 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
         stats = recaption.run_unit(catalog, unit)
     if artifact := unit.params.get("progress_artifact"):
         done, total = recaption.progress(catalog, finished=unit.id)
-        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+        report_progress(artifact, 100.0 * done / max(total, 1))
     return stats
 
 
-@flow(name="recaption", log_prints=True)
+@flow(name="recaption", log_prints=True, flow_run_name=run_name("recaption"))
 def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
@@ -47,9 +55,9 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
     if units:
         recaption.resolve_model(catalog)  # build the tiny captioner once, before tasks run in parallel
     done, total = recaption.progress(catalog)
-    progress = create_progress_artifact(
-        100.0 * done / max(total, 1), key=artifact_key(catalog.name, "recaption", "images"),
-        description=f"recaption: images captioned of {total}",
+    progress = best_effort(
+        "progress artifact", create_progress_artifact, 100.0 * done / max(total, 1),
+        key=artifact_key(catalog.name, "recaption", "images"), description=f"recaption: images captioned of {total}",
     )
     units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
     results = map_units(
@@ -60,5 +68,8 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
     )
     open_manifest(catalog.run).close()  # rebuild the views (captions) over what is on disk now
     rows = recaption.summary(catalog)
-    publish_table(catalog, "recaption", rows, "recaption: images, captions, flags, images/s, tokens/s")
+    for row in rows:
+        if row["quality"] != "ok":
+            run_logger().warning("recaption %s: %s", row["source"], row["quality"])
+    publish_table(catalog, "recaption", rows, "recaption: images, captions, flags, quality, images/s, tokens/s")
     return results

@@ -10,9 +10,17 @@ import dataclasses
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact
 
-from flows.common import artifact_key, map_units, publish_table
+from flows.common import (
+    artifact_key,
+    best_effort,
+    map_units,
+    publish_markdown,
+    publish_table,
+    report_progress,
+    run_name,
+)
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.train import stage as train_stage
 from vora_core.workdir import Unit
@@ -25,8 +33,8 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     artifact = unit.params.get("progress_artifact")
 
     def on_progress(record: dict) -> None:
-        if artifact and record.get("total_steps"):
-            update_progress_artifact(artifact, 100.0 * record["step"] / record["total_steps"])
+        if record.get("total_steps"):
+            report_progress(artifact, 100.0 * record["step"] / record["total_steps"])
 
     return train_stage.run_unit(catalog, unit, on_progress=on_progress)
 
@@ -44,22 +52,22 @@ def train_flow_body(catalog_path: str, stage: str, force: bool) -> list[dict]:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
     units = train_stage.plan(catalog, stage)
-    progress = create_progress_artifact(0.0, key=artifact_key(catalog.name, stage, "steps"),
-                                        description=f"{stage}: optimizer steps done")
+    progress = best_effort("progress artifact", create_progress_artifact, 0.0,
+                           key=artifact_key(catalog.name, stage, "steps"), description=f"{stage}: optimizer steps done")
     units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
     results = map_units(catalog, catalog_path, stage, units, "flows.train:run_unit", force=force)
     publish_table(catalog, stage, train_stage.summary(catalog, stage),
                   f"{stage}: steps, tokens, final losses, tokens/s")
-    create_markdown_artifact(loss_markdown(stage, catalog.run.stage_dir(stage) / "loss.png"),
-                             key=artifact_key(catalog.name, stage, "loss"), description=f"{stage}: loss curve")
+    publish_markdown(catalog, f"{stage}-loss", loss_markdown(stage, catalog.run.stage_dir(stage) / "loss.png"),
+                     f"{stage}: loss curve")
     return results
 
 
-@flow(name="pretrain", log_prints=True)
+@flow(name="pretrain", log_prints=True, flow_run_name=run_name("pretrain"))
 def pretrain_flow(catalog_path: str, force: bool = False) -> list[dict]:
     return train_flow_body(catalog_path, "pretrain", force)
 
 
-@flow(name="finetune", log_prints=True)
+@flow(name="finetune", log_prints=True, flow_run_name=run_name("finetune"))
 def finetune_flow(catalog_path: str, force: bool = False) -> list[dict]:
     return train_flow_body(catalog_path, "finetune", force)

@@ -125,6 +125,12 @@ class DownloadSettings(Strict):
     unit_timeout_s: float = Field(3600, gt=0, description="hard limit for one unit's img2dataset child")
     parallel_units: int = Field(1, gt=0, description="units downloading at once (each has its own pool)")
     unit_retries: int = Field(2, ge=0, description="Prefect retries (with backoff) of a failed unit")
+    max_failure_rate: float = Field(
+        0.5, ge=0, le=1,
+        description="the stage fails when more than this share of attempted rows failed (link rot alone "
+                    "loses 10-40% of an old url list; more than half points at the network, the url column "
+                    "or a blocking host)",
+    )
     user_agent_token: str | None = None
     disallowed_header_directives: list[str] = Field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
@@ -232,6 +238,10 @@ class RecaptionSettings(Strict):
     vllm: VllmCaptionSettings = Field(default_factory=VllmCaptionSettings)
     openai: OpenAICaptionSettings = Field(default_factory=OpenAICaptionSettings)
     quality: CaptionQualitySettings = Field(default_factory=CaptionQualitySettings)
+    max_flag_share: float = Field(
+        0.2, ge=0, le=1,
+        description="warn (log + recaption table) when more than this share of a source's images carry a flag",
+    )
 
     @model_validator(mode="after")
     def _pixels(self) -> RecaptionSettings:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from vora_core.data.failures import reason_sql
 from vora_core.errors import DataError
 from vora_core.workdir import RunDir, atomic_path
 
@@ -87,10 +88,12 @@ register_view(View(
 register_view(View(
     name="download_failures",
     select="""
-        SELECT source, shard, key, row_id, url, status, error_message AS error
+        SELECT source, shard, key, row_id, url, status, """ + reason_sql("error_message") + """ AS reason,
+               error_message AS error
         FROM shard_rows WHERE status <> 'success'
         UNION ALL
-        SELECT source, NULL, NULL, row_id, url, 'rejected', reason FROM source_rejects""",
+        SELECT source, NULL, NULL, row_id, url, 'rejected', """ + reason_sql("reason") + """, reason
+        FROM source_rejects""",
     empty="",
 ))
 register_view(View(

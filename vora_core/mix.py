@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -380,16 +381,35 @@ def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
 
 
 def summary(catalog: Catalog) -> list[dict]:
-    """One row per unit: done or pending and its counts (for `vora status` and the table artifact)."""
+    """One row per unit: done or pending and its counts (for `vora status` and the table artifact);
+    a mixture's make-up is in `mixture_table`."""
     rows = []
     for unit in plan(catalog):
         stats = (read_marker(unit.output) or {}).get("stats", {}) if unit.done else {}
-        row: dict[str, Any] = {"unit": unit.id, "done": unit.done}
+        row: dict[str, Any] = {"unit": unit.id, "done": unit.done, "rows": stats.get("rows")}
         if unit.params["kind"] == "text":
-            row |= {"rows": stats.get("rows"), "written": stats.get("written"), "rejected": stats.get("rejected"),
-                    "reasons": ", ".join(f"{k}: {v}" for k, v in stats.get("rejected_by_reason", {}).items())}
+            row |= {"written": stats.get("written"), "rejected": stats.get("rejected"),
+                    "rejected_by_reason": ", ".join(f"{k}: {v}" for k, v in stats.get("rejected_by_reason", {}).items())}
         else:
-            row |= {"rows": stats.get("rows"), "written": stats.get("rows"), "rejected": None,
-                    "reasons": ", ".join(f"{k}: {v}" for k, v in stats.get("by_source", {}).items())}
+            row |= {"written": stats.get("rows"), "rejected": None, "rejected_by_reason": None}
         rows.append(row)
+    return rows
+
+
+def mixture_table(catalog: Catalog, stage: str) -> list[dict]:
+    """The mixture of `stage` from its stats.json: one row per source and kind (rows, share, estimated
+    tokens), then the caption funnel (images → too small / no caption / duplicates → used) as rows."""
+    path = catalog.run.mixture(stage) / "stats.json"
+    if not path.exists():
+        return []
+    stats = json.loads(path.read_text())
+    rows = [{"part": "source", "name": f"{r['source']}/{r['kind']}", "rows": r["rows"],
+             "share": f"{r['share']:.1%}", "est_tokens": r["est_text_tokens"]} for r in stats["by_source"]]
+    rows.append({"part": "total", "name": stage, "rows": stats["rows"], "share": "100.0%",
+                 "est_tokens": stats["est_text_tokens"]})
+    funnel = stats.get("captions") or {}
+    for step in ("images", "too_small", "no_caption", "duplicates", "used"):
+        n = funnel.get(step)
+        if n is not None:
+            rows.append({"part": "caption funnel", "name": step, "rows": n, "share": None, "est_tokens": None})
     return rows

@@ -58,6 +58,7 @@ def test_hf_stage_on_the_tiny_captioner(tmp_path, shards, catalog):
     assert {k: row[k] for k in ("source", "shards_done", "shards_pending", "images", "captions")} == {
         "source": "shapes", "shards_done": 2, "shards_pending": 0, "images": 8, "captions": 8}
     assert row["flags"]["truncated"] == 8 and row["images_per_s"] > 0 and row["tokens_per_s"] > 0
+    assert "truncated 8/8 (100.0%)" in row["quality"] and row["quality"].startswith("WARNING: ")
     assert recaption.progress(cat) == (8, 8)
 
     again = recaption.run_stage(cat)  # a rerun redoes nothing
@@ -164,3 +165,10 @@ def test_sigkill_mid_stage_then_rerun_redoes_only_unfinished_shards(tmp_path, sh
     assert len(sample_ids) == len(set(sample_ids)) == n  # every image once, no duplicates
     assert not list((tmp_path / "captions").rglob(".*tmp-*"))  # the killed attempt's temporaries are gone
     assert json.loads(marker_path(outputs[-1]).read_text())["stats"]["images"] == 4
+
+
+def test_flag_warning_names_each_flag_above_the_share():
+    assert recaption.flag_warning({"invalid_text": 599, "truncated": 596, "empty": 12}, 600, 0.2) == (
+        "WARNING: invalid_text 599/600 (99.8%), truncated 596/600 (99.3%) above recaption.max_flag_share=20%")
+    assert recaption.flag_warning({"empty": 120}, 600, 0.2) is None  # exactly at the share: no warning
+    assert recaption.flag_warning({}, 0, 0.2) is None

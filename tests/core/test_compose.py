@@ -20,8 +20,13 @@ def test_services_and_dependencies():
     assert services["prefect-server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["worker"]["depends_on"]["prefect-server"]["condition"] == "service_healthy"
     assert services["vllm"]["profiles"] == ["vllm"]
-    for name in ("postgres", "prefect-server", "vllm"):
+    for name in ("postgres", "prefect-server", "worker", "vllm"):
         assert services[name]["healthcheck"]["test"], name
+        assert services[name]["restart"] == "unless-stopped", name
+    # The worker's healthcheck asks the health server that --with-healthcheck starts (port 8080).
+    assert "--with-healthcheck" in services["worker"]["command"]
+    assert "http://127.0.0.1:8080/health" in services["worker"]["healthcheck"]["test"][-1]
+    assert services["worker"]["working_dir"] == "/app"
     assert set(compose()["volumes"]) == {"pgdata", "runs", "hf-cache"}
     assert "runs:/app/runs" in services["worker"]["volumes"]
 
@@ -47,3 +52,10 @@ def test_dockerfile_builds_the_make_setup_install():
     assert re.search(r"^RUN make setup VENV=/opt/vora .*TORCH_SPEC=", text, re.M)
     for path in ("pyproject.toml", "vora_core", "flows", "catalogs"):
         assert f"COPY {path}" in text or f" {path} " in text.split("COPY", 1)[1]
+
+
+def test_portable_catalog_paths():
+    from flows.deploy import PROJECT_ROOT, portable_path
+
+    assert portable_path(str(PROJECT_ROOT / "catalogs" / "demo.yaml")) == "catalogs/demo.yaml"
+    assert portable_path("/srv/elsewhere/c.yaml") == "/srv/elsewhere/c.yaml"

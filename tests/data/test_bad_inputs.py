@@ -48,6 +48,7 @@ def test_awkward_inputs_over_http_and_file(tmp_path, http_server):
     con = open_manifest(catalog.run)
     ok = dict(con.execute("SELECT row_id, (width, height) FROM images").fetchall())
     failed = dict(con.execute("SELECT row_id, error FROM download_failures").fetchall())
+    reason = dict(con.execute("SELECT row_id, reason FROM download_failures WHERE row_id <> 'http-ok.jpg'").fetchall())
     dup_id = con.execute("SELECT url, error FROM download_failures WHERE row_id = 'http-ok.jpg'").fetchall()
     total = con.execute("SELECT (SELECT count(*) FROM images) + (SELECT count(*) FROM download_failures)").fetchone()
     keys = dict(con.execute("SELECT row_id, key FROM images").fetchall())
@@ -80,6 +81,15 @@ def test_awkward_inputs_over_http_and_file(tmp_path, http_server):
     assert failed["empty-url"] == "empty url"
     assert failed["dup-url"] == "duplicate url"
     assert failed["ftp"] == "unsupported url scheme"
+    # Each raw error maps to one reason of the fixed vocabulary (the raw text stays in `error`).
+    assert reason == {
+        **{f"{p}-bad-{n}": r for p in ("http", "file") for n, r in (
+            ("zero.jpg", "empty"), ("page.jpg", "decode_error"), ("truncated.jpg", "decode_error"),
+            ("bomb.png", "too_large"))},
+        "http-404": "not_found", "http-slow": "timeout", "http-refused": "connection_error",
+        "http-drop": "connection_error", "file-missing": "not_found", "null-url": "empty", "empty-url": "empty",
+        "dup-url": "duplicate", "ftp": "unsupported_scheme",
+    }
 
     # Stored samples decode to RGB with the right pixels.
     shard = catalog.run.shards("web") / "00000.tar"

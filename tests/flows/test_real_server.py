@@ -38,6 +38,18 @@ def test_deploy_and_run_on_a_real_server(tmp_path):
         assert out.returncode == 0, out.stderr
         deployment = httpx.get(f"{api}/deployments/name/vora-pipeline/served-test", timeout=10).json()
         assert deployment["parameters"] == {"catalog_path": str(catalog_path.resolve()), "only": ["download"]}
+        # Portable: the installed module is the entrypoint, no pull step names a path of this host.
+        assert (deployment["entrypoint"], deployment["pull_steps"]) == ("flows.pipeline.vora_pipeline", [])
+        assert deployment["description"].startswith("VoRA (Vision as LoRA): download → recaption → mix")
+        # The UI's parameter form: typed, documented, the stage parameters list the stage names.
+        schema = deployment["parameter_openapi_schema"]["properties"]
+        stages = ["download", "recaption", "mix", "pretrain", "merge", "finetune", "evaluate"]
+        assert schema["only"]["anyOf"][0] == {"items": {"enum": stages, "type": "string"}, "type": "array"}
+        assert schema["force"]["anyOf"][0] == schema["only"]["anyOf"][0]
+        assert schema["from_stage"]["anyOf"][0] == {"enum": stages, "type": "string"}
+        assert schema["until_stage"]["anyOf"][0] == {"enum": stages, "type": "string"}
+        assert schema["from_stage"]["description"] == "run this stage and every later one."
+        assert schema["catalog_path"]["type"] == "string" and "worker" in schema["catalog_path"]["description"]
 
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "vora-test", "--type", "process"],
                        env, worker_log)
@@ -63,7 +75,7 @@ def test_deploy_and_run_on_a_real_server(tmp_path):
         assert state["type"] == "COMPLETED", json.dumps(state) + worker_log.read_text()[-3000:]
 
         flow_runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
-        assert {fr["name"] for fr in flow_runs} >= {run["name"]}
+        assert {fr["name"] for fr in flow_runs} == {"served-pipeline", "served-download"}
         assert {fr["state"]["type"] for fr in flow_runs} == {"COMPLETED"}
         subflows = {fr["flow_id"] for fr in flow_runs if fr["id"] != run["id"]}
         assert len(subflows) == 1  # the download stage ran as a subflow

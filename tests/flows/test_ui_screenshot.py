@@ -19,11 +19,12 @@ pytestmark = [
 ]
 
 
-def test_screenshot_of_a_pipeline_run(tmp_path):
-    out = ui.main(["--out", str(tmp_path / "ui.png"), "--until", "download", "--n", "8", "--size", "800x600",
-                   "--wait-ms", "8000"])
-    assert out == tmp_path / "ui.png"
-    with Image.open(out) as img:
-        assert img.size == (800, 600)
-        # a rendered page, not a blank one: more than a handful of distinct colours
-        assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 20
+def test_screenshots_of_a_run_its_artifacts_and_a_deployment(tmp_path):
+    outs = ui.main(["--out-dir", str(tmp_path), "--until", "download", "--n", "8", "--size", "800x600",
+                    "--wait-ms", "8000"])
+    assert outs == [tmp_path / name for name in ui.SHOTS.values()]
+    for out in outs:
+        with Image.open(out) as img:
+            assert img.size == (800, 600)
+            # a rendered page, not a blank one: more than a handful of distinct colours
+            assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 20, out

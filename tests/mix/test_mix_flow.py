@@ -101,3 +101,25 @@ def test_download_recaption_mix(prefect_harness, tmp_path):
     status = {r["unit"]: (r["done"], r["rows"]) for r in summary(c)}
     assert status["mixture:pretrain"] == (True, 27) and status["mixture:finetune"] == (True, 81)
     assert status["text:llava_demo"] == (True, 30)
+
+    # The UI: the mixture has its own table artifact (the total row first after the sources), and the
+    # recaption table marks the tiny captioner's flags above recaption.max_flag_share.
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    def artifact(key: str) -> dict:
+        arts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", timeout=30,
+                          json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"}).json()
+        return arts[0]
+
+    mixture = artifact("mixflow-mixture-pretrain")
+    table = json.loads(mixture["data"])
+    assert [(r["part"], r["name"], r["rows"]) for r in table][:4] == [
+        ("source", "chat_sharegpt/text", 2), ("source", "orca/text", 1), ("source", "shapes/caption", 24),
+        ("total", "pretrain", 27)]
+    assert mixture["description"].endswith(f"outputs: {c.run.mixture('pretrain')}")
+    [recap] = json.loads(artifact("mixflow-recaption")["data"])
+    assert recap["quality"].startswith("WARNING: ") and "above recaption.max_flag_share=20%" in recap["quality"]
+    logs = httpx.post(f"{PREFECT_API_URL.value()}/logs/filter", timeout=30,
+                      json={"logs": {"level": {"ge_": 30}}, "limit": 200}).json()
+    assert f"recaption shapes: {recap['quality']}" in {log["message"] for log in logs}

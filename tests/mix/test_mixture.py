@@ -13,7 +13,7 @@ from vora_core.caption.recaption import SCHEMA as CAPTION_SCHEMA
 from vora_core.catalog import parse_catalog
 from vora_core.data.shards import ShardWriter
 from vora_core.errors import DataError
-from vora_core.mix import build_mixture, largest_remainder, permutation, plan, run_unit
+from vora_core.mix import build_mixture, largest_remainder, mixture_table, permutation, plan, run_unit
 from vora_core.workdir import RunDir
 
 # (source, key, sha, alt text, recaption, flags, side)
@@ -123,6 +123,14 @@ def test_exact_weights_and_repeats(tmp_path):
     # 3 usable alt captions × 3 = 9 caption rows = 25 % of 36: t1 18 rows (50 %), t2 9 rows (25 %)
     counts = {k: sum(r["weight_source"] == k for r in pre) for k in ("a", "t1", "t2")}
     assert counts == {"a": 9, "t1": 18, "t2": 9}
+    # The mixture's own table: per source rows, share, estimated tokens; then the caption funnel in order.
+    table = [(r["part"], r["name"], r["rows"], r["share"]) for r in mixture_table(c, "pretrain")]
+    assert table == [
+        ("source", "a/caption", 9, "25.0%"), ("source", "t1/text", 18, "50.0%"), ("source", "t2/text", 9, "25.0%"),
+        ("total", "pretrain", 36, "100.0%"), ("caption funnel", "images", 6, None),
+        ("caption funnel", "too_small", 0, None), ("caption funnel", "no_caption", 2, None),
+        ("caption funnel", "duplicates", 1, None), ("caption funnel", "used", 3, None)]
+    assert sum(r["est_tokens"] for r in mixture_table(c, "pretrain")[:3]) == mixture_table(c, "pretrain")[3]["est_tokens"]
     fine = rows(c, "finetune")
     assert sum(r["weight_source"] == "t1" for r in fine) == 25 and sum(r["weight_source"] == "t2" for r in fine) == 4
     t1 = [r["sample_id"] for r in fine if r["weight_source"] == "t1"]

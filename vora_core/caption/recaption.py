@@ -270,10 +270,20 @@ def summary(catalog: Catalog) -> list[dict]:
             "source": source, "shards_done": len(stats), "shards_pending": len(mine) - len(stats),
             "images": images, "captions": sum(s.get("captions", 0) for s in stats),
             "flags": dict(sorted(flags.items())),
+            "quality": flag_warning(flags, images, catalog.recaption.max_flag_share) or "ok",
             "images_per_s": round(images / seconds, 2) if seconds else None,
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         })
     return rows
+
+
+def flag_warning(flags: Counter | dict[str, int], images: int, max_share: float) -> str | None:
+    """`WARNING: invalid_text 599/600 (99.8%), ... above recaption.max_flag_share=20%`, or None."""
+    over = [(f, n) for f, n in sorted(flags.items()) if images and n / images > max_share]
+    if not over:
+        return None
+    listed = ", ".join(f"{f} {n}/{images} ({n / images:.1%})" for f, n in over)
+    return f"WARNING: {listed} above recaption.max_flag_share={max_share:.0%}"
 
 
 def progress(catalog: Catalog, finished: str | None = None) -> tuple[int, int]:

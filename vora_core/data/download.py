@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from vora_core.catalog import Catalog, DownloadSettings
 from vora_core.data import images, sources
+from vora_core.data.failures import classify, classify_filter
 from vora_core.data.shards import ShardReader, ShardWriter, write_index
 from vora_core.errors import DataError, StageError
 from vora_core.manifest import open_manifest
@@ -324,7 +325,7 @@ def _write_shard(tar_path: Path, items: list[dict], settings: DownloadSettings) 
                     files["txt"] = str(row["caption"])
                 writer.write(row["key"], files)
             else:
-                reasons[row["error_message"] or row["status"]] += 1
+                reasons[classify(row["error_message"] or row["status"])] += 1
             statuses[row["status"]] += 1
             records.append(row)
         table = pa.Table.from_pylist(records, schema=_row_schema(records))
@@ -458,7 +459,7 @@ def summary(catalog: Catalog) -> list[dict]:
         ok = dict(con.execute("SELECT source, count(*) FROM images GROUP BY source").fetchall())
         failed: dict[str, dict[str, int]] = {}
         for source, reason, n in con.execute(
-            "SELECT source, coalesce(error, status), count(*) FROM download_failures GROUP BY ALL ORDER BY ALL"
+            "SELECT source, reason, count(*) FROM download_failures GROUP BY ALL ORDER BY ALL"
         ).fetchall():
             failed.setdefault(source, {})[reason] = n
     finally:
@@ -479,3 +480,38 @@ def summary(catalog: Catalog) -> list[dict]:
             "images_per_s": round(sum(s for s in speeds if s) / len(speeds), 1) if speeds else None,
         })
     return rows
+
+
+def failure_report(catalog: Catalog, examples: int = 5) -> dict:
+    """Failed rows by reason over every source: count, share of the rows attempted, and up to
+    `examples` example rows (raw error included). Rows a source filter left out are listed as
+    `filtered_*` reasons but are not failures (they were never attempted)."""
+    con = open_manifest(catalog.run)
+    try:
+        ok = con.execute("SELECT count(*) FROM images").fetchone()[0]
+        counts = con.execute(
+            "SELECT reason, count(*) AS n FROM download_failures GROUP BY reason ORDER BY n DESC, reason"
+        ).fetchall()
+        picked = con.execute(
+            "SELECT reason, source, row_id, url, error FROM ("
+            " SELECT *, row_number() OVER (PARTITION BY reason ORDER BY source, shard, key, row_id) AS i"
+            " FROM download_failures) WHERE i <= ? ORDER BY reason, i", [examples]
+        ).fetchall()
+    finally:
+        con.close()
+    failed = sum(n for _, n in counts)
+    attempted = ok + failed
+    by_reason = {r: {"reason": r, "count": n, "share": round(n / attempted, 4) if attempted else 0.0,
+                     "examples": []} for r, n in counts}
+    for reason, source, row_id, url, error in picked:
+        by_reason[reason]["examples"].append({"source": source, "row_id": row_id, "url": url, "error": error})
+    filtered: Counter = Counter()
+    for name in catalog.sources:
+        prepared = read_marker(catalog.run.sources(name) / "prepared.json")
+        for label, n in (prepared["stats"]["filtered"] if prepared else {}).items():
+            filtered[classify_filter(label)] += n
+    for reason, n in sorted(filtered.items()):
+        if n:
+            by_reason[reason] = {"reason": reason, "count": n, "share": None, "examples": [], "filter": True}
+    return {"stage": "download", "rows": attempted, "failed": failed,
+            "share": round(failed / attempted, 4) if attempted else 0.0, "reasons": list(by_reason.values())}
