@@ -11,7 +11,8 @@ A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
 * text/VQA sources by `repeat` (a factor on the source's rows) or `weight` (a share of the final
   mixture). Counts are exact integers. A fractional copy takes the rows whose rank under a seeded
   affine permutation of the dense row index `idx` is below the remainder — exact, deterministic and
-  without sorting the source.
+  without sorting the source. A row whose image is not in the `images` view is left out and counted
+  (`text_rows_left_out`, reason `image_missing`): the mixture never hands the loader a missing image.
 Rows reference their text instead of copying it (see `vora_core.data.text_views.MIXTURE_COLUMNS`); the
 `mixture` view and the training stage's `read_mixture` resolve it. Nothing is sorted: every part keeps
 its inputs' file order (byte-identical reruns); the loader shuffles.
@@ -383,8 +384,8 @@ def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
                                          "(FORMAT parquet)").fetchall()[0][0]
                 if used[name] < counts[name]:
                     missing[name] = counts[name] - used[name]
-                    log.warning("mix.%s: %d rows of %s left out: their image is not in the images view (its "
-                                "shards were removed or downloaded again; run the text unit again)", stage,
+                    log.warning("mix.%s: %d rows of %s left out: their image is not in the images view (were its "
+                                "shards removed? `vora stage mix CATALOG --force` writes them again)", stage,
                                 missing[name], name)
                 part += 1
             if part == 0:

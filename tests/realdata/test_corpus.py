@@ -1,5 +1,6 @@
 """End to end over the real-schema corpus: `catalogs/real-schemas.yaml` (its `/data/` paths pointed at
-small generated copies of the datasets) through download → recaption → mix. Per source the rows add up
+small generated copies of the datasets: DataComp-1B, GLDv2, the released VoRA recap parquet,
+LLaVA-665K and nine text datasets) through download → recaption → mix. Per source the rows add up
 (rows = written + rejected, with the expected reasons) and the mixtures resolve every message and
 reference only images in the `images` view."""
 
@@ -62,8 +63,8 @@ def _rebase(node, data_root: Path):
 
 
 def write_corpus(data_root: Path, base: str) -> dict:
-    photos_ = {Path(n).stem: (f"{base}/{n}", (PHOTOS / n).read_bytes()) for n in DATACOMP_PHOTOS}
-    _, dc = datacomp.write_datacomp(data_root, photos_, f"{base}/gone/0.jpg")
+    served = {Path(n).stem: (f"{base}/{n}", (PHOTOS / n).read_bytes()) for n in DATACOMP_PHOTOS}
+    _, dc = datacomp.write_datacomp(data_root, served, f"{base}/gone/0.jpg")
     _, gld = gldv2.write_gldv2(data_root, {Path(n).stem: f"{base}/{n}" for n in GLDV2_PHOTOS}, f"{base}/gone/1.jpg")
     # The released recap parquet: four captioned photos, one the model must caption, one broken frame.
     recap = vora_recap.recap_items() + [("recap-00000004", photos.jpeg("motorcycle_left.png"), ""),
@@ -162,6 +163,7 @@ def test_download_recaption_mix_over_the_real_schemas(tmp_path, photo_server):
     # Recaption: one caption per image of the image sources; the recap parquet's own four are kept
     # (engine `provided`), the model captions the rest (its 8-token captions are all `truncated`).
     captioned = sum(images[s] for s in expected["images"])
+    assert captioned == 4 + 3 + 5
     assert sum(r["images"] for r in results["recaption"]) == captioned
     assert engines == [("hf", captioned - 4, captioned - 4), ("provided", 4, 0)]
 
@@ -192,6 +194,11 @@ def test_download_recaption_mix_over_the_real_schemas(tmp_path, photo_server):
     assert finetune == {"dolly/text": expected["text"]["dolly"]["written"], "llava_665k/vqa": llava_rows["vqa"],
                         "llava_665k/text": llava_rows["written"] - llava_rows["vqa"],
                         "smoltalk/text": expected["text"]["smoltalk"]["written"]}
+    # One sample per LLaVA row (its `id` repeats), the COCO image its first three rows share stored once.
+    llava_used = {r[1]: r[4] for r in mixture if r[0] == "finetune" and r[3] == "llava_665k"}
+    assert sorted(llava_used) == [f"llava_665k/{n:09d}" for n in range(10)]
+    assert llava_used["llava_665k/000000000"] == llava_used["llava_665k/000000001"] == llava_used[
+        "llava_665k/000000002"] is not None
     # `recap_or_alt`: the recap parquet's captions; for the model's truncated ones the alt text. Without
     # either: the DataComp photo whose `text` is null and the recap row that carries no caption.
     funnel = json.loads((catalog.run.mixture("pretrain") / "stats.json").read_text())["captions"]
