@@ -571,26 +571,37 @@ class Catalog(Strict):
 
     @model_validator(mode="after")
     def _source_names(self) -> Catalog:
+        # Each message starts with the key it is about (these checks see the whole catalog) and says the fix.
         for name in self.sources:
             if not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"source name {name!r} may hold only letters, digits, '_' and '-'")
+                raise ValueError(f"sources.{name}: a source name may hold only letters, digits, '_' and '-'; "
+                                 "rename it")
+        shapes = [n for n, s in self.sources.items() if s.kind == "synthetic_shapes"]
         for name, text in self.text_sources.items():
             if not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"text source name {name!r} may hold only letters, digits, '_' and '-'")
+                raise ValueError(f"text_sources.{name}: a text source name may hold only letters, digits, '_' "
+                                 "and '-'; rename it")
             if name in self.sources:
-                raise ValueError(f"text source {name!r} has the name of an image source; names must differ")
-            if text.source is not None and getattr(self.sources.get(text.source), "kind", None) != "synthetic_shapes":
-                raise ValueError(f"text_sources.{name}.source: {text.source!r} is not a synthetic_shapes source")
+                raise ValueError(f"text_sources.{name}: sources.{name} has this name too (both would write "
+                                 f"shards/{name}/); rename one of them")
+            if text.source is not None and text.source not in shapes:
+                raise ValueError(f"text_sources.{name}.source: {text.source!r} is not a synthetic_shapes source; "
+                                 f"name one of: {_listed(shapes)}")
         for stage in ("pretrain", "finetune"):
             mixture: MixtureSettings = getattr(self.mix, stage)
             for name in mixture.text:
                 if name not in self.text_sources:
-                    raise ValueError(f"mix.{stage}.text: {name!r} is not in text_sources")
+                    raise ValueError(f"mix.{stage}.text: {name!r} is not in text_sources; name one of: "
+                                     f"{_listed(self.text_sources)}, or add it to text_sources")
             for name in (mixture.captions.sources or []) if mixture.captions else []:
                 if name not in self.sources:
-                    raise ValueError(f"mix.{stage}.captions.sources: {name!r} is not an image source")
-            if sum(t.weight or 0 for t in mixture.text.values()) >= 1:
-                raise ValueError(f"mix.{stage}.text: weights add up to 1 or more; they are shares of the mixture")
+                    raise ValueError(f"mix.{stage}.captions.sources: {name!r} is not an image source; name one "
+                                     f"of: {_listed(self.sources)}")
+            total = sum(t.weight or 0 for t in mixture.text.values())
+            if total >= 1:
+                raise ValueError(f"mix.{stage}.text: the weights add up to {total:g}; each is a share of the whole "
+                                 "mixture, so together they must stay below 1 (lower them, or give a source "
+                                 "`repeat` instead)")
         if self.model.tiny.teacher_pretrain_images and not any(
                 s.kind == "synthetic_shapes" for s in self.sources.values()):
             raise ValueError("model.tiny.teacher_pretrain_images: pretraining the tiny teacher draws pictures like "
@@ -618,22 +629,42 @@ class Catalog(Strict):
 # ----------------------------------------------------------------------------------- loading & errors
 
 
+def _listed(names: Any) -> str:
+    return ", ".join(names) or "none yet"
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error shows it: a scalar as written (cut short), a section by its kind only —
+    a message never dumps a section (or the whole catalog)."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, str | int | float | bool):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:56] + "...'"
+    return {dict: "a mapping", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+
+
 def _describe(err: dict[str, Any]) -> str:
+    """One line per validation error: the dotted key, what is wrong and the fix, at most a short value."""
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"{loc}: unknown key (remove it or check its spelling)"
     if kind == "missing":
-        return f"{loc}: required key is missing"
+        return f"{loc}: required key is missing (add it)"
     if kind == "union_tag_invalid":
         expected = err.get("ctx", {}).get("expected_tags", "")
-        return f"{loc}: unknown kind {err['input'].get('kind')!r}; expected one of {expected}"
+        return f"{loc}: unknown kind {_shown(err['input'].get('kind'))}; expected one of {expected}"
     if kind == "union_tag_not_found":
         return f"{loc}: needs a `kind` key"
-    msg = err["msg"].removeprefix("Value error, ")
-    if isinstance(err["input"], dict | list):  # a model's own check: its input is a whole section
+    if kind in ("model_type", "model_attributes_type", "dict_type"):  # pydantic names a class here
+        return f"{loc}: expected a mapping of keys, got {_shown(err['input'])}"
+    if kind == "list_type":
+        return f"{loc}: expected a list, got {_shown(err['input'])}"
+    if kind == "value_error":  # a model's own check: its message names the keys and values it is about
+        msg = err["msg"].removeprefix("Value error, ")
         return f"{loc}: {msg}" if err["loc"] else msg
-    return f"{loc}: {msg} (got {err['input']!r})"
+    return f"{loc}: {err['msg']} (got {_shown(err['input'])})"
 
 
 def _clean_loc(err: dict[str, Any], data: Any) -> dict[str, Any]:

@@ -11,7 +11,8 @@ A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
 * text/VQA sources by `repeat` (a factor on the source's rows) or `weight` (a share of the final
   mixture). Counts are exact integers. A fractional copy takes the rows whose rank under a seeded
   affine permutation of the dense row index `idx` is below the remainder — exact, deterministic and
-  without sorting the source.
+  without sorting the source. A row whose image is not in the `images` view is left out and counted
+  (`text_rows_left_out`, reason `image_missing`): the mixture never hands the loader a missing image.
 Rows reference their text instead of copying it (see `vora_core.data.text_views.MIXTURE_COLUMNS`); the
 `mixture` view and the training stage's `read_mixture` resolve it. Nothing is sorted: every part keeps
 its inputs' file order (byte-identical reruns); the loader shuffles.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,11 @@ from vora_core.data.text_views import IMAGE_TURN_PREFIX, MESSAGES
 from vora_core.errors import DataError
 from vora_core.workdir import Unit, atomic_path, atomic_write_json, fingerprint, read_marker
 
+log = logging.getLogger(__name__)
+
 STAGE = "mix"
 MIXTURES = ("pretrain", "finetune")
-MIXTURE_FORMAT = 3  # in a mixture unit's fingerprint: a change rebuilds old runs' (3: dedup prefers a captioned copy)
+MIXTURE_FORMAT = 4  # in a mixture unit's fingerprint: a change rebuilds old runs' (4: no row without its image)
 
 
 # ----------------------------------------------------------------------------------------- plan
@@ -301,17 +305,38 @@ def write_caption_parts(con: Any, catalog: Catalog, m: MixtureSettings, out: Pat
     return funnel, parts
 
 
-def text_sql(name: str, files: list[str], n: int, count: int, seed: int) -> str:
-    """`count` rows of a text source of `n` rows: whole copies, then a permutation-chosen remainder."""
+def image_tables(catalog: Catalog, name: str) -> tuple[str, list[str]] | None:
+    """The image source a text source's rows use (llava: its own shards; shapes_vqa: its
+    synthetic_shapes source) and that source's shard row tables; None for a source without images."""
+    src = catalog.text_sources[name]
+    source = {"llava": name, "shapes_vqa": src.source}.get(src.format)
+    if source is None:
+        return None
+    return source, sorted(glob.glob(str(catalog.run.shards(source) / "?????.parquet")))
+
+
+def text_sql(name: str, files: list[str], n: int, count: int, seed: int,
+             images: tuple[str, list[str]] | None = None) -> str:
+    """`count` rows of a text source of `n` rows: whole copies, then a permutation-chosen remainder.
+    `images` (see `image_tables`): a row whose image is not one of that source's successful shard rows
+    — the `images` view's `source/key` — is left out; the caller counts it `image_missing`."""
     full, rem = divmod(count, n)
     a, b = permutation(n, seed, name)
+    present = ""
+    if images is not None:
+        # The text unit's rows may name images its shards no longer hold (a llava unit whose marker
+        # outlived its deleted shards): keep only rows whose image the training loader will find.
+        source, tables = images
+        ids = (f"SELECT {_q(source)} || '/' || key FROM read_parquet({_list(tables)}, union_by_name=true) "
+               "WHERE status = 'success'" if tables else "SELECT NULL::VARCHAR LIMIT 0")
+        present = f" AND (t.image IS NULL OR t.image IN ({ids}))"
     return f"""
         SELECT t.sample_id || CASE WHEN r.rep > 0 THEN '#' || r.rep ELSE '' END AS sample_id,
                CASE WHEN t.image IS NULL THEN 'text' ELSE 'vqa' END AS kind, t.source, t.image,
                NULL::{MESSAGES} AS messages, {_q(name)} AS weight_source, t.idx AS text_idx,
                NULL::VARCHAR AS prompt, NULL::VARCHAR AS caption_from, t.chars
         FROM read_parquet({_list(files)}) t, range({full + (1 if rem else 0)}) r(rep)
-        WHERE r.rep < {full} OR (t.idx * {a} + {b}) % {n} < {rem}"""
+        WHERE (r.rep < {full} OR (t.idx * {a} + {b}) % {n} < {rem}){present}"""
 
 
 def plan_counts(m: MixtureSettings, captions: int, rows: dict[str, int]) -> dict[str, int]:
@@ -350,11 +375,19 @@ def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
                 if rows[name] == 0:
                     raise DataError(f"text source {name!r} has no valid rows (see the text_rejects view)")
             counts = plan_counts(m, caption_rows, rows)
+            used, missing = {}, {}
             for name in m.text:
                 if counts[name] == 0:
+                    used[name] = 0
                     continue
-                sql = text_sql(name, files[name], rows[name], counts[name], m.seed)
-                con.execute(f"COPY ({sql}) TO {_q(str(tmp / f'part-{part:05d}.parquet'))} (FORMAT parquet)")
+                sql = text_sql(name, files[name], rows[name], counts[name], m.seed, image_tables(catalog, name))
+                used[name] = con.execute(f"COPY ({sql}) TO {_q(str(tmp / f'part-{part:05d}.parquet'))} "
+                                         "(FORMAT parquet)").fetchall()[0][0]
+                if used[name] < counts[name]:
+                    missing[name] = counts[name] - used[name]
+                    log.warning("mix.%s: %d rows of %s left out: their image is not in the images view (were its "
+                                "shards removed? `vora stage mix CATALOG --force` writes them again)", stage,
+                                missing[name], name)
                 part += 1
             if part == 0:
                 raise DataError(f"mix.{stage}: the mixture is empty (no captions, no text sources)")
@@ -367,14 +400,16 @@ def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
                 "stage": stage, "rows": total, "parts": part,
                 "by_source": [{"source": s, "kind": k, "rows": n, "share": round(n / total, 6), "images": i,
                                "est_text_tokens": c // 4} for s, k, n, i, c in by_source],
-                "captions": funnel, "text_rows_available": rows, "text_rows_used": counts,
+                "captions": funnel, "text_rows_available": rows, "text_rows_used": used,
+                "text_rows_left_out": {name: {"image_missing": k} for name, k in missing.items()},
                 "est_text_tokens": sum(r[4] for r in by_source) // 4,
             }
             atomic_write_json(tmp / "stats.json", stats)
     finally:
         con.close()
     return {k: stats[k] for k in ("rows", "parts", "est_text_tokens")} | {
-        "by_source": {f"{r['source']}/{r['kind']}": r["rows"] for r in stats["by_source"]}}
+        "by_source": {f"{r['source']}/{r['kind']}": r["rows"] for r in stats["by_source"]},
+        "left_out": {"image_missing": sum(missing.values())} if missing else {}}
 
 
 # -------------------------------------------------------------------------------------- summary

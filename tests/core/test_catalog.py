@@ -26,6 +26,24 @@ def test_paper_recipe_values():
     assert catalog.sources["gldv2"].kind == "gldv2"
 
 
+def test_paper_recipe_reads_each_dataset_like_the_real_schema_catalog():
+    """catalogs/real-schemas.yaml is run over the published schemas (tests/realdata/test_corpus.py): the
+    paper's recipe must read every dataset the two share with the same keys (Magpie-Pro's `uuid`,
+    MathQA's `options`, ...)."""
+    recipe = load_catalog(ROOT / "catalogs" / "vora-7b.yaml")
+    checked = load_catalog(ROOT / "catalogs" / "real-schemas.yaml")
+    shared = sorted(set(recipe.text_sources) & set(checked.text_sources))
+    assert shared == ["dolly", "infinity_instruct", "llava_665k", "magpie_pro", "mathinstruct", "mathqa",
+                      "opencodeinterpreter", "openorca", "orca_math", "smoltalk"]
+    for name in shared:
+        assert recipe.text_sources[name] == checked.text_sources[name], name
+    assert recipe.text_sources["magpie_pro"].id_col == "uuid"
+    assert recipe.text_sources["mathqa"].context_col == "options"
+    for name in ("datacomp", "gldv2"):  # (the recipe sets no clean_csv)
+        assert recipe.sources[name].model_dump(exclude={"clean_csv"}) == checked.sources[name].model_dump(
+            exclude={"clean_csv"}), name
+
+
 def test_defaults_filled():
     catalog = parse_catalog(minimal())
     assert catalog.download.resize_mode == "keep_ratio_largest"
@@ -46,7 +64,7 @@ def test_errors_name_file_path_value_and_expectation(tmp_path):
     assert str(e.value) == (
         f"{path}: invalid catalog:\n"
         "  sources.s.n: Input should be greater than 0 (got -3)\n"
-        "  sources.u.path: required key is missing\n"
+        "  sources.u.path: required key is missing (add it)\n"
         "  sources.x: unknown kind 'ftp'; expected one of 'synthetic_shapes', 'url_list', 'datacomp', "
         "'gldv2', 'parquet_images'\n"
         "  download.image_size: Input should be a valid integer, unable to parse string as an integer "

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 VORA = str(Path(sys.executable).with_name("vora"))
@@ -69,4 +70,33 @@ def test_mix_naming_an_unknown_text_source_does_not_dump_the_catalog(tmp_path):
         "mix": {"pretrain": {"text": {"nope": {"weight": 0.1}}}}}))
     out = vora("status", "c.yaml", cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr == "error: c.yaml: invalid catalog:\n  mix.pretrain.text: 'nope' is not in text_sources\n"
+    assert out.stderr == ("error: c.yaml: invalid catalog:\n  mix.pretrain.text: 'nope' is not in text_sources; "
+                          "name one of: none yet, or add it to text_sources\n")
+
+
+SHAPES = {"s": {"kind": "synthetic_shapes"}}
+TEXT = {"a": {"format": "sharegpt", "path": "a.jsonl"}, "b": {"format": "sharegpt", "path": "b.jsonl"}}
+
+
+@pytest.mark.parametrize("catalog, line", [
+    ({"text_sources": TEXT, "mix": {"pretrain": {"text": {"a": {"weight": 0.6}, "b": {"weight": 0.5}}}}},
+     "mix.pretrain.text: the weights add up to 1.1; each is a share of the whole mixture, so together they must "
+     "stay below 1 (lower them, or give a source `repeat` instead)"),
+    ({"text_sources": {"s": TEXT["a"]}},
+     "text_sources.s: sources.s has this name too (both would write shards/s/); rename one of them"),
+    ({"mix": {"finetune": {"captions": {"sources": ["web"]}}}},
+     "mix.finetune.captions.sources: 'web' is not an image source; name one of: s"),
+    ({"text_sources": {"q": {"format": "shapes_vqa", "source": "web"}}},
+     "text_sources.q.source: 'web' is not a synthetic_shapes source; name one of: s"),
+    ({"download": [{"image_size": 64}]}, "download: expected a mapping of keys, got a list"),
+    ({"mix": {"pretrain": {"captions": "recap"}}}, "mix.pretrain.captions: expected a mapping of keys, got 'recap'"),
+    ({"model": {"llm": {"name": "Qwen/Qwen2.5-0.5B"}}}, "model.llm: Input should be a valid string (got a mapping)"),
+    ({"sources": {"s": {"kind": "url_list"}}}, "sources.s.path: required key is missing (add it)"),
+], ids=["weights", "name_taken", "caption_source", "shapes_source", "section_list", "section_text", "value_mapping",
+        "missing_key"])
+def test_each_catalog_error_is_one_line_naming_the_key_and_the_fix(tmp_path, catalog, line):
+    """Checks over whole sections (the catalog's own, a mix's) name their key and never dump the input."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "workdir": "r", "sources": SHAPES, **catalog}))
+    out = vora("status", "c.yaml", cwd=tmp_path)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"error: c.yaml: invalid catalog:\n  {line}\n"

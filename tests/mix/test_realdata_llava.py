@@ -97,3 +97,29 @@ def test_broken_images_are_rejects_and_never_reach_the_mixture(tmp_path):
     assert stats["rows"] == 10
     rows = pq.read_table(c.run.shards("llava") / "00000.parquet").to_pylist()
     assert len(rows) == 8 and sum(r["status"] == "success" for r in rows) == 5
+
+
+def test_rows_whose_image_left_the_images_view_are_left_out_and_counted(tmp_path):
+    """The llava unit's marker lives in text/: after `rm -r <run>/shards` (to download again) it is
+    still done, so its rows name images no shard holds. The mixture leaves them out as `image_missing`
+    instead of handing them to the training loader."""
+    import shutil
+
+    llava = write_llava(tmp_path, broken=False)
+    c = catalog(tmp_path, llava)
+    ingest(c)
+    shutil.rmtree(c.run.shards("llava"))
+    (text_unit,) = [u for u in plan(c) if u.params["kind"] == "text"]
+    assert text_unit.done  # not redone: the rows keep naming the removed images
+    stats = build_mixture(c, "pretrain", c.run.mixture("pretrain"))
+    assert (stats["rows"], stats["by_source"]) == (2, {"llava/text": 2})
+    assert stats["left_out"] == {"image_missing": 8}
+    written = json.loads((c.run.mixture("pretrain") / "stats.json").read_text())
+    assert (written["text_rows_available"], written["text_rows_used"], written["text_rows_left_out"]) == (
+        {"llava": 10}, {"llava": 2}, {"llava": {"image_missing": 8}})
+    con = open_manifest(c.run)
+    try:
+        assert con.sql("SELECT sample_id, image FROM mixture ORDER BY ALL").fetchall() == [
+            ("llava/000000003", None), ("llava/000000008", None)]
+    finally:
+        con.close()
