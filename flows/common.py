@@ -30,6 +30,7 @@ from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
+from flows import progress as terminal
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.errors import StageError
 from vora_core.stages import resolve
@@ -150,24 +151,37 @@ def map_units(
     )
     progress = best_effort("progress artifact", create_progress_artifact, 0.0,
                            key=artifact_key(catalog.name, label, "progress"), description=f"{label}: units finished")
+    meter = terminal.open_meter(label, "units", len(units))
+    rows = [u.params.get("rows") for u in units]  # rows per unit, where the plan knows them (download)
+    samples = terminal.open_meter(label, "rows", sum(rows), plain_every_s=terminal.PLAIN_EVERY_S) \
+        if all(isinstance(r, int) for r in rows) else None
     pending = list(units)
     running: dict[PrefectFuture, Unit] = {}
     results: list[dict] = []
-    while pending or running:
-        while pending and len(running) < max(1, parallel):
-            unit = pending.pop(0)
-            running[unit_task.submit(catalog_path, unit, runner, force)] = unit
-        fut = next(as_completed(list(running)))
-        unit = running.pop(fut)
-        try:
-            result = dict(fut.result())
-            if fut.state.name == "Cached":  # served by Prefect's cache: nothing ran
-                result["status"] = "skipped"
-            results.append(result)
-        except Exception as e:  # reported per unit; the stage fails below, after the others finish
-            logger.error("%s %s failed: %s", label, unit.id, e)
-            results.append({"unit": unit.id, "status": "failed", "error": f"{type(e).__name__}: {e}"})
-        report_progress(progress, 100.0 * len(results) / len(units))
+    rows_done = 0
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, parallel):
+                unit = pending.pop(0)
+                running[unit_task.submit(catalog_path, unit, runner, force)] = unit
+            fut = next(as_completed(list(running)))
+            unit = running.pop(fut)
+            try:
+                result = dict(fut.result())
+                if fut.state.name == "Cached":  # served by Prefect's cache: nothing ran
+                    result["status"] = "skipped"
+                results.append(result)
+            except Exception as e:  # reported per unit; the stage fails below, after the others finish
+                logger.error("%s %s failed: %s", label, unit.id, e)
+                results.append({"unit": unit.id, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+            report_progress(progress, 100.0 * len(results) / len(units))
+            counts = unit_counts(results)
+            meter.update(len(results), ", ".join(f"{counts[k]} {k}" for k in ("skipped", "failed") if counts[k]))
+            if samples is not None and results[-1]["status"] != "failed":
+                rows_done += unit.params["rows"]
+                samples.update(rows_done)
+    finally:  # every meter of the stage, also those its units opened (steps, images)
+        terminal.close_stage(label)
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         details = "; ".join(f"{r['unit']}: {r['error']}" for r in failed)

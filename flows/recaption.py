@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact
 from prefect.concurrency.sync import concurrency
 
+from flows import progress as terminal
 from flows.common import (
     artifact_key,
     best_effort,
@@ -40,9 +41,9 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     """The runner each task resolves: caption one shard under a GPU slot, then report progress."""
     with gpu_slot(catalog.recaption.concurrency_limit):
         stats = recaption.run_unit(catalog, unit)
-    if artifact := unit.params.get("progress_artifact"):
-        done, total = recaption.progress(catalog, finished=unit.id)
-        report_progress(artifact, 100.0 * done / max(total, 1))
+    if counts := best_effort("recaption progress", recaption.progress, catalog, finished=unit.id):
+        report_progress(unit.params.get("progress_artifact"), 100.0 * counts[0] / max(counts[1], 1))
+        terminal.advance("recaption", "images", *counts)
     return stats
 
 
@@ -60,12 +61,14 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
         key=artifact_key(catalog.name, "recaption", "images"), description=f"recaption: images captioned of {total}",
     )
     units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
-    results = map_units(
+    images = terminal.open_meter("recaption", "images", total, start=done, plain_every_s=terminal.PLAIN_EVERY_S)
+    results = map_units(  # closes the images meter with the stage's others
         catalog, catalog_path, "recaption", units, "flows.recaption:run_unit",
         # Retries only where the network is flaky (a server engine); local engines fail deterministically.
         force=force, retries=settings.unit_retries if settings.engine == "openai" else 0,
         parallel=settings.parallel_units,
     )
+    terminal.close_meter(images)  # no units: map_units returned before opening any
     open_manifest(catalog.run).close()  # rebuild the views (captions) over what is on disk now
     rows = recaption.summary(catalog)
     for row in rows:

@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
 
+from flows import progress as terminal
 from flows.common import (
     artifact_key,
     best_effort,
@@ -35,6 +36,7 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     def on_progress(record: dict) -> None:
         if record.get("total_steps"):
             report_progress(artifact, 100.0 * record["step"] / record["total_steps"])
+            terminal.advance(unit.stage, "steps", int(record["step"]), int(record["total_steps"]))
 
     return train_stage.run_unit(catalog, unit, on_progress=on_progress)
 

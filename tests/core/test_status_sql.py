@@ -57,6 +57,10 @@ def run_dir(tmp_path_factory) -> Path:
     out = vora("run", "c.yaml", "--until", "mix", cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Loading weights" not in out.stderr and "Writing model shards" not in out.stderr  # no tqdm bars
+    # not a terminal: progress is plain log lines with n/total, no live display
+    assert "download: 1/1 units, done in 0:0" in out.stderr
+    assert f"download: {IMAGES}/{IMAGES} rows, done in" in out.stderr
+    assert "download units" not in out.stderr
     return tmp
 
 

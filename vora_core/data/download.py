@@ -145,11 +145,12 @@ def plan(catalog: Catalog) -> list[Unit]:
             continue
         for part in sorted(src_dir.glob("urls-*.parquet")):
             index = int(part.stem.split("-")[1])
-            content = fingerprint(pq.read_metadata(part).num_rows, _file_digest(part))
+            rows = pq.read_metadata(part).num_rows
+            content = fingerprint(rows, _file_digest(part))
             fp = catalog.settings_fingerprint(src, settings, content)
             out = catalog.run.shards(name) / f"unit-{index:05d}.json"
             units.append(Unit(stage="download", id=f"{name}/{index:05d}", output=str(out), fingerprint=fp,
-                              params={"source": name, "partition": str(part), "index": index}))
+                              params={"source": name, "partition": str(part), "index": index, "rows": rows}))
     return units
 
 
