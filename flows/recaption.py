@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.states import State
 
 from flows.common import (
     artifact_key,
     best_effort,
+    check_failures,
     map_units,
     publish_table,
     report_progress,
@@ -47,7 +49,7 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
 
 
 @flow(name="recaption", log_prints=True, flow_run_name=run_name("recaption"))
-def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
+def recaption_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
     settings = catalog.recaption
@@ -72,4 +74,4 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
         if row["quality"] != "ok":
             run_logger().warning("recaption %s: %s", row["source"], row["quality"])
     publish_table(catalog, "recaption", rows, "recaption: images, captions, flags, quality, images/s, tokens/s")
-    return results
+    return check_failures(catalog, recaption.failure_report(catalog), settings.max_failure_rate, results)
