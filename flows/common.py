@@ -245,7 +245,7 @@ def check_failures(catalog: Catalog, report: dict, max_rate: float, results: lis
     summary = (f"{stage}: {report['failed']} of {report['rows']} rows failed ({report['share']:.1%}; {top})")
     if report["share"] > max_rate:
         raise StageError(f"{summary}, above {stage}.max_failure_rate={max_rate:g}: see the {stage} failures "
-                         f"artifact or the {stage}_failures view; raise the threshold in the catalog to accept it")
+                         f"artifact or the {report['view']} view; raise the threshold in the catalog to accept it")
     run_logger().warning("%s, within %s.max_failure_rate=%g", summary, stage, max_rate)
     return Completed(name="Completed with failures", message=summary, data=results)
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import Completed, State
 
-from flows.common import artifact_key, map_units, publish_table, run_name
+from flows.common import artifact_key, check_failures, map_units, publish_table, run_name
 from vora_core import mix
 from vora_core.catalog import load_catalog
 from vora_core.manifest import open_manifest
 
 
 @flow(name="mix", log_prints=True, flow_run_name=run_name("mix"))
-def mix_flow(catalog_path: str, force: bool = False) -> list[dict]:
+def mix_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
     # Text units first: the mixtures read their output (a failed text unit stops the stage here).
     text = [u for u in mix.plan(catalog) if u.params["kind"] == "text"]
     results = map_units(catalog, catalog_path, "mix-text", text, "vora_core.mix:run_unit", force=force)
     open_manifest(catalog.run).close()  # the text views now see the new parts (and llava's shards)
+    # Rejected rows are checked before a mixture is built from them: above mix.max_failure_rate the stage
+    # fails here (a source mostly rejected has a wrong format or image_dir, not a few bad rows).
+    checked = check_failures(catalog, mix.failure_report(catalog), catalog.mix.max_failure_rate, results)
     # Planned again: a mixture's fingerprint covers the text units' outputs, which now exist.
     mixtures = [u for u in mix.plan(catalog) if u.params["kind"] == "mixture"]
     results += map_units(catalog, catalog_path, "mix", mixtures, "vora_core.mix:run_unit", force=force)
@@ -28,4 +32,6 @@ def mix_flow(catalog_path: str, force: bool = False) -> list[dict]:
         publish_table(catalog, f"mixture-{stage}", mix.mixture_table(catalog, stage),
                       f"mixture for {stage}: rows, share and estimated tokens per source; the caption funnel",
                       outputs=catalog.run.mixture(stage), key=artifact_key(catalog.name, "mixture", stage))
+    if isinstance(checked, State):  # completes "with failures", over every unit's result
+        return Completed(name=checked.name, message=checked.message, data=results)
     return results

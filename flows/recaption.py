@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.states import State
 
 from flows import progress as terminal
 from flows.common import (
     artifact_key,
     best_effort,
+    check_failures,
     map_units,
     publish_table,
     report_progress,
@@ -48,7 +50,7 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
 
 
 @flow(name="recaption", log_prints=True, flow_run_name=run_name("recaption"))
-def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
+def recaption_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
     settings = catalog.recaption
@@ -75,4 +77,4 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict]:
         if row["quality"] != "ok":
             run_logger().warning("recaption %s: %s", row["source"], row["quality"])
     publish_table(catalog, "recaption", rows, "recaption: images, captions, flags, quality, images/s, tokens/s")
-    return results
+    return check_failures(catalog, recaption.failure_report(catalog), settings.max_failure_rate, results)

@@ -242,6 +242,12 @@ class RecaptionSettings(Strict):
         0.2, ge=0, le=1,
         description="warn (log + recaption table) when more than this share of a source's images carry a flag",
     )
+    max_failure_rate: float = Field(
+        0.05, ge=0, le=1,
+        description="the stage fails when more than this share of the images got no caption (undecodable "
+                    "image, request the engine rejected): the download decoded every image once already, so "
+                    "more than a few point at the engine's configuration or at damaged shards",
+    )
 
     @model_validator(mode="after")
     def _pixels(self) -> RecaptionSettings:
@@ -545,6 +551,12 @@ class MixSettings(Strict):
     memory_limit: str = Field("2GB", description="DuckDB memory_limit")
     threads: int = Field(2, gt=0, description="DuckDB threads")
     rows_per_part: int = Field(1_000_000, gt=0, description="text parquet part size (rows)")
+    max_failure_rate: float = Field(
+        0.5, ge=0, le=1,
+        description="the stage fails (before any mixture is built) when more than this share of the text "
+                    "sources' rows were rejected (a source missing some of its images rejects a few; more than "
+                    "half points at a wrong `format`, `image_dir` or file)",
+    )
 
 
 # -------------------------------------------------------------------------------------------- catalog

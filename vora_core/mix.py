@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vora_core.catalog import Catalog, MixtureSettings
+from vora_core.data import failures
 from vora_core.data.conversations import TEXT_FORMAT
 from vora_core.data.download import OUTPUT_SETTINGS
 from vora_core.data.text_views import IMAGE_TURN_PREFIX, MESSAGES
@@ -429,6 +430,25 @@ def summary(catalog: Catalog) -> list[dict]:
             row |= {"written": stats.get("rows"), "rejected": None, "rejected_by_reason": None}
         rows.append(row)
     return rows
+
+
+def failure_report(catalog: Catalog, examples: int = 5) -> dict:
+    """The text sources' rejected rows by reason (`vora_core.data.conversations.REASONS`): count, share
+    of the rows read (written + rejected, over every text source of the catalog) and up to `examples`
+    example rows each (the reject's detail included)."""
+    from vora_core.manifest import open_manifest
+
+    names = list(catalog.text_sources)
+    mine = f"source IN ({', '.join('?' * len(names))})" if names else "false"
+    con = open_manifest(catalog.run)
+    try:
+        rows = con.execute(f"SELECT (SELECT count(*) FROM text WHERE {mine}) + (SELECT count(*) FROM "
+                           f"text_rejects WHERE {mine})", names * 2).fetchone()[0]
+        return failures.failure_report(con, STAGE, rows, f"(SELECT * FROM text_rejects WHERE {mine})",
+                                       ("source", "row", "id", "detail"), "source, row", "text_rejects",
+                                       examples, names)
+    finally:
+        con.close()
 
 
 def mixture_table(catalog: Catalog, stage: str) -> list[dict]:

@@ -84,6 +84,15 @@ def test_bad_input_is_flagged_not_dropped(tmp_path, shard, catalog, captioner_di
     empty = pq.read_table(tmp_path / "captions" / "shapes" / "00001.parquet")
     assert empty.num_rows == 0 and empty.schema.names == COLUMNS
     assert read_marker(tmp_path / "captions" / "shapes" / "00001.parquet")["stats"]["images"] == 0
+    # The failures report: an image without a caption is a failure, with its raw error as the detail.
+    report = recaption.failure_report(cat)
+    assert {k: report[k] for k in ("stage", "rows", "failed", "share", "view")} == {
+        "stage": "recaption", "rows": 4, "failed": 2, "share": 0.5, "view": "captions"}
+    [undecodable] = report["reasons"]
+    assert (undecodable["reason"], undecodable["count"], undecodable["share"]) == ("undecodable_image", 2, 0.5)
+    assert [(e["shard"], e["key"], e["sample_id"]) for e in undecodable["examples"]] == [
+        ("00000", "000000001", "shapes/000000001"), ("00000", "000000002", "shapes/000000002")]
+    assert undecodable["examples"][0]["error"] == "not an image (HTML/XML body)"
 
 
 def test_invalid_utf8_and_rejected_requests_from_a_server(tmp_path, shards, catalog, image):
@@ -107,6 +116,12 @@ def test_invalid_utf8_and_rejected_requests_from_a_server(tmp_path, shards, cata
     assert got["000000001"]["flags"] == ["request_rejected"] and got["000000001"]["caption"] is None
     assert got["000000001"]["error"] == 'HTTP 400: {"error": {"message": "injected HTTP 400"}}'
     assert result["flags"] == {"invalid_text": 2, "request_rejected": 1} and result["captions"] == 2
+    # A rejected request is a failure; invalid_text (2 of 3) is a quality flag, not a failure.
+    report = recaption.failure_report(cat)
+    assert (report["rows"], report["failed"], report["share"]) == (3, 1, 0.3333)
+    assert report["reasons"] == [{"reason": "request_rejected", "count": 1, "share": 0.3333, "examples": [
+        {"source": "shapes", "shard": "00000", "key": "000000001", "sample_id": "shapes/000000001",
+         "error": 'HTTP 400: {"error": {"message": "injected HTTP 400"}}'}]}]
 
 
 def test_fingerprint_follows_captions_not_throughput(tmp_path, shards, catalog):

@@ -108,3 +108,46 @@ def test_failures_are_visible_and_the_threshold_fails_the_stage(prefect_harness,
     assert "# fails: pipeline summary" in summary_md
     assert "## download\n\nunits: 0 done, 2 skipped, 0 failed" in summary_md
     assert f"outputs: `{tmp_path / 'run' / 'shards'}`" in summary_md
+
+
+def test_mix_and_recaption_fail_above_their_failure_rate(prefect_harness, tmp_path):
+    """The same mechanism for the text sources' rejects (mix) and the images without a caption (recaption)."""
+    from flows.mix import mix_flow
+    from flows.recaption import recaption_flow
+    from tests.caption.conftest import shape_image, write_shard
+    from tests.mix.conftest import rejecting_text_catalog
+
+    # mix: 5 of 8 text rows rejected is above the default 0.5; the stage fails before any mixture is built.
+    state = mix_flow(str(rejecting_text_catalog(tmp_path)), return_state=True)
+    summary = "mix: 5 of 8 rows failed (62.5%; malformed 3, unknown_role 2)"
+    assert state.type.value == "FAILED"
+    assert (f"{summary}, above mix.max_failure_rate=0.5: see the mix failures artifact or the text_rejects "
+            "view; raise the threshold in the catalog to accept it") in state.message, state.message
+    assert not (tmp_path / "run" / "mixture").exists()
+    md = artifact("rejects-mix-failures")["data"]
+    for line in ("5 of 8 rows failed (62.5%).", "| malformed | 3 | 37.5% |", "| unknown_role | 2 | 25.0% |",
+                 "| sg | 2 | c | alien |", "| smol | 1 | 000000001 | tool |"):
+        assert line in md, line
+    # Within the threshold it completes with failures, the mixture built.
+    state = mix_flow(str(rejecting_text_catalog(tmp_path, "lenient.yaml", max_failure_rate=0.7)), return_state=True)
+    assert (state.type.value, state.name, state.message) == ("COMPLETED", "Completed with failures", summary)
+    assert (tmp_path / "run" / "mixture" / "pretrain" / "stats.json").is_file()
+
+    # recaption: 1 of 4 images undecodable is above the default 0.05; quality flags are no failures.
+    run = tmp_path / "caprun"
+    write_shard(run, "shapes", 0, {"000000000": shape_image(0), "000000001": b"<html>404 not found</html>",
+                                   "000000002": shape_image(2), "000000003": shape_image(3)})
+    path = tmp_path / "cap.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "cap", "workdir": str(run), "sources": {"shapes": {"kind": "synthetic_shapes", "n": 4, "heldout": 0}},
+        "recaption": {"model": "tiny", "batch_size": 4, "max_new_tokens": 4, "min_pixels": 784,
+                      "max_pixels": 56 * 56, "concurrency_limit": None, "cpu_threads": 1}}))
+    state = recaption_flow(str(path), return_state=True)
+    assert state.type.value == "FAILED"
+    assert ("recaption: 1 of 4 rows failed (25.0%; undecodable_image 1), above recaption.max_failure_rate=0.05: "
+            "see the recaption failures artifact or the captions view; raise the threshold in the catalog to "
+            "accept it") in state.message, state.message
+    md = artifact("cap-recaption-failures")["data"]
+    for line in ("1 of 4 rows failed (25.0%).", "| undecodable_image | 1 | 25.0% |",
+                 "| shapes | 00000 | 000000001 | shapes/000000001 | not an image (HTML/XML body) |"):
+        assert line in md, line

@@ -24,6 +24,7 @@ from vora_core.caption.engines import CaptionRequest, CaptionResult, get_engine
 from vora_core.caption.models import model_identity, resolve_model
 from vora_core.caption.prompts import choose_prompt
 from vora_core.catalog import Catalog, RecaptionSettings
+from vora_core.data.failures import failure_report as failure_report_of
 from vora_core.data.images import open_rgb
 from vora_core.data.shards import ShardReader, index_path
 from vora_core.errors import DataError, StageError, VoraError
@@ -277,6 +278,30 @@ def summary(catalog: Catalog) -> list[dict]:
     return rows
 
 
+# The flags of an image without a caption (its `error` says why); every other flag marks a caption's quality.
+FAILURE_FLAGS = (quality.UNDECODABLE_IMAGE, quality.REQUEST_REJECTED)
+
+
+def failure_report(catalog: Catalog, examples: int = 5) -> dict:
+    """Images without a caption by reason (`FAILURE_FLAGS`): count, share of the images in the captioned
+    shards of the catalog's sources, and up to `examples` example rows each (the raw error included).
+    Quality flags (truncated, repetitive, ...) are no failures: `summary` warns about them."""
+    from vora_core.manifest import open_manifest
+
+    names = list(catalog.sources)
+    mine = f"source IN ({', '.join('?' * len(names))})"
+    con = open_manifest(catalog.run)
+    try:
+        rows = con.execute(f"SELECT count(*) FROM captions WHERE {mine}", names).fetchone()[0]
+        reason = " ".join(f"WHEN list_contains(flags, '{f}') THEN '{f}'" for f in FAILURE_FLAGS)
+        failed = (f"(SELECT *, CASE {reason} ELSE 'other' END AS reason "
+                  f"FROM captions WHERE {mine} AND error IS NOT NULL)")
+        return failure_report_of(con, STAGE, rows, failed, ("source", "shard", "key", "sample_id", "error"),
+                                 "source, shard, key", "captions", examples, names)
+    finally:
+        con.close()
+
+
 def flag_warning(flags: Counter | dict[str, int], images: int, max_share: float) -> str | None:
     """`WARNING: invalid_text 599/600 (99.8%), ... above recaption.max_flag_share=20%`, or None."""
     over = [(f, n) for f, n in sorted(flags.items()) if images and n / images > max_share]
@@ -310,4 +335,4 @@ def shard_images(tar: Path) -> int:
     return len(set(keys.to_pylist()))
 
 
-__all__ = ["SCHEMA", "plan", "progress", "resolve_model", "run_stage", "run_unit", "shard_images", "summary"]
+__all__ = ["SCHEMA", "failure_report", "plan", "progress", "resolve_model", "run_stage", "run_unit", "shard_images", "summary"]

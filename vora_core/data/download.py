@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from vora_core.catalog import Catalog, DownloadSettings
 from vora_core.data import images, sources
 from vora_core.data.failures import classify, classify_filter
+from vora_core.data.failures import failure_report as failure_report_of
 from vora_core.data.shards import ShardReader, ShardWriter, write_index
 from vora_core.errors import DataError, StageError
 from vora_core.manifest import open_manifest
@@ -489,23 +490,14 @@ def failure_report(catalog: Catalog, examples: int = 5) -> dict:
     `filtered_*` reasons but are not failures (they were never attempted)."""
     con = open_manifest(catalog.run)
     try:
-        ok = con.execute("SELECT count(*) FROM images").fetchone()[0]
-        counts = con.execute(
-            "SELECT reason, count(*) AS n FROM download_failures GROUP BY reason ORDER BY n DESC, reason"
-        ).fetchall()
-        picked = con.execute(
-            "SELECT reason, source, row_id, url, error FROM ("
-            " SELECT *, row_number() OVER (PARTITION BY reason ORDER BY source, shard, key, row_id) AS i"
-            " FROM download_failures) WHERE i <= ? ORDER BY reason, i", [examples]
-        ).fetchall()
+        ok, failed = con.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM download_failures)"
+                                 ).fetchone()
+        report = failure_report_of(con, "download", ok + failed, "download_failures",
+                                   ("source", "row_id", "url", "error"), "source, shard, key, row_id",
+                                   "download_failures", examples)
     finally:
         con.close()
-    failed = sum(n for _, n in counts)
-    attempted = ok + failed
-    by_reason = {r: {"reason": r, "count": n, "share": round(n / attempted, 4) if attempted else 0.0,
-                     "examples": []} for r, n in counts}
-    for reason, source, row_id, url, error in picked:
-        by_reason[reason]["examples"].append({"source": source, "row_id": row_id, "url": url, "error": error})
+    by_reason = {r["reason"]: r for r in report["reasons"]}
     filtered: Counter = Counter()
     for name in catalog.sources:
         prepared = read_marker(catalog.run.sources(name) / "prepared.json")
@@ -514,5 +506,4 @@ def failure_report(catalog: Catalog, examples: int = 5) -> dict:
     for reason, n in sorted(filtered.items()):
         if n:
             by_reason[reason] = {"reason": reason, "count": n, "share": None, "examples": [], "filter": True}
-    return {"stage": "download", "rows": attempted, "failed": failed,
-            "share": round(failed / attempted, 4) if attempted else 0.0, "reasons": list(by_reason.values())}
+    return report | {"reasons": list(by_reason.values())}

@@ -9,6 +9,8 @@ so the two never disagree.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 # (reason, regex on the raw error, case-insensitive). Order matters: the first match wins.
 RULES: tuple[tuple[str, str], ...] = (
@@ -65,3 +67,26 @@ def reason_sql(column: str) -> str:
         for reason, pattern in RULES
     )
     return f"CASE {whens} ELSE {_sql_literal(OTHER)} END"
+
+
+def failure_report(con: Any, stage: str, rows: int, failures: str, columns: Sequence[str], order: str,
+                   view: str, examples: int = 5, params: Sequence[Any] = ()) -> dict:
+    """A stage's failures report, the shape every stage's `failure_report` returns (and the flows'
+    `check_failures` reads): `{stage, rows, failed, share, view, reasons: [{reason, count, share,
+    examples}]}`, reasons by count (then name), each with up to `examples` rows of `columns` in `order`.
+
+    `failures` is a FROM item (SQL over the manifest views, `params` filling its `?`) with a `reason`
+    column, one row per failed row; `rows` counts the rows attempted (the shares' base); `view` names
+    where an operator finds every failed row."""
+    counts = con.execute(f"SELECT reason, count(*) AS n FROM {failures} GROUP BY reason ORDER BY n DESC, reason",
+                         list(params)).fetchall()
+    picked = con.execute(
+        f"SELECT reason, {', '.join(columns)} FROM (SELECT *, row_number() OVER (PARTITION BY reason ORDER BY "
+        f"{order}) AS i FROM {failures}) WHERE i <= ? ORDER BY reason, i", [*params, examples]).fetchall()
+    failed = sum(n for _, n in counts)
+    by_reason = {r: {"reason": r, "count": n, "share": round(n / rows, 4) if rows else 0.0, "examples": []}
+                 for r, n in counts}
+    for reason, *values in picked:
+        by_reason[reason]["examples"].append(dict(zip(columns, values, strict=True)))
+    return {"stage": stage, "rows": rows, "failed": failed, "share": round(failed / rows, 4) if rows else 0.0,
+            "view": view, "reasons": list(by_reason.values())}
