@@ -4,28 +4,14 @@ pretrain → merge → finetune → evaluate, vora_core.ablation.chain), then th
 
 from __future__ import annotations
 
-import base64
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import artifact_key, map_units
+from flows.common import artifact_key, map_units, png_markdown
 from flows.pipeline import vora_pipeline
 from vora_core.ablation import chain, report
 from vora_core.ablation.variants import Grid, check_stages, load_grid
 from vora_core.catalog import Catalog, load_catalog
-
-INLINE_PNG_LIMIT = 1 << 20
-
-
-def png_markdown(title: str, png: Path) -> str:
-    if not png.exists():
-        return f"## {title}\n\nnot drawn yet ({png})\n"
-    data = png.read_bytes()
-    if len(data) > INLINE_PNG_LIMIT:
-        return f"## {title}\n\n[{png}]({png.resolve().as_uri()})\n"
-    return f"## {title}\n\n![{title}](data:image/png;base64,{base64.b64encode(data).decode()})\n\n`{png}`\n"
 
 
 def publish_report(catalog: Catalog, grid: Grid) -> dict | None:
@@ -38,7 +24,7 @@ def publish_report(catalog: Catalog, grid: Grid) -> dict | None:
                               description="ablate: final pretraining loss and held-out scores per variant")
         root = catalog.run.root / "ablations"
         markdown = (root / "table.md").read_text() + "\n" + "\n".join(
-            png_markdown(title, root / name) for title, name in
+            png_markdown(title, root / name, heading="##") for title, name in
             (("Pretraining loss", "loss.png"), ("Distillation loss per block", "distill.png"),
              ("Data efficiency", "efficiency.png")))
         create_markdown_artifact(markdown, key=artifact_key(catalog.name, "ablate", "report"),

@@ -7,6 +7,7 @@ speed-up on top of it, keyed by (stage, unit id, settings fingerprint) + the tas
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import time
@@ -255,3 +256,16 @@ def unit_counts(results: list[dict]) -> dict[str, int]:
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return counts
+
+
+INLINE_PNG_LIMIT = 1 << 20  # larger figures are linked, not embedded
+
+
+def png_markdown(title: str, png: Path, heading: str = "#") -> str:
+    """A markdown section showing the figure `png` inline (base64), or a link to it when large."""
+    if not png.exists():
+        return f"{heading} {title}\n\nnot drawn yet ({png})\n"
+    data = png.read_bytes()
+    if len(data) > INLINE_PNG_LIMIT:
+        return f"{heading} {title}\n\n[{png}]({png.resolve().as_uri()})\n"
+    return f"{heading} {title}\n\n![{title}](data:image/png;base64,{base64.b64encode(data).decode()})\n\n`{png}`\n"

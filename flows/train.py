@@ -5,9 +5,7 @@ While the run trains, a progress artifact follows its metrics.jsonl; at the end 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
@@ -17,6 +15,7 @@ from flows.common import (
     artifact_key,
     best_effort,
     map_units,
+    png_markdown,
     publish_markdown,
     publish_table,
     report_progress,
@@ -25,8 +24,6 @@ from flows.common import (
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.train import stage as train_stage
 from vora_core.workdir import Unit
-
-INLINE_PNG_LIMIT = 1 << 20  # larger curves are linked, not embedded
 
 
 def run_unit(catalog: Catalog, unit: Unit) -> dict:
@@ -41,15 +38,6 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     return train_stage.run_unit(catalog, unit, on_progress=on_progress)
 
 
-def loss_markdown(stage: str, png: Path) -> str:
-    if not png.exists():
-        return f"# {stage}: loss\n\nno loss curve yet ({png})"
-    data = png.read_bytes()
-    if len(data) > INLINE_PNG_LIMIT:
-        return f"# {stage}: loss\n\n[{png}]({png.resolve().as_uri()})"
-    return f"# {stage}: loss\n\n![{stage} loss](data:image/png;base64,{base64.b64encode(data).decode()})\n\n`{png}`"
-
-
 def train_flow_body(catalog_path: str, stage: str, force: bool) -> list[dict]:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
@@ -60,7 +48,7 @@ def train_flow_body(catalog_path: str, stage: str, force: bool) -> list[dict]:
     results = map_units(catalog, catalog_path, stage, units, "flows.train:run_unit", force=force)
     publish_table(catalog, stage, train_stage.summary(catalog, stage),
                   f"{stage}: steps, tokens, final losses, tokens/s")
-    publish_markdown(catalog, f"{stage}-loss", loss_markdown(stage, catalog.run.stage_dir(stage) / "loss.png"),
+    publish_markdown(catalog, f"{stage}-loss", png_markdown(f"{stage}: loss", catalog.run.stage_dir(stage) / "loss.png"),
                      f"{stage}: loss curve")
     return results
 
