@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import Completed, State
 
-from flows.common import map_units, publish_table, run_name
+from flows.common import check_failures, map_units, publish_table, run_name
 from vora_core.catalog import load_catalog
 from vora_core.eval import runner
 
 
 @flow(name="evaluate", log_prints=True, flow_run_name=run_name("evaluate"))
-def evaluate_flow(catalog_path: str, force: bool = False) -> list[dict]:
+def evaluate_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
     # One benchmark at a time: they share one loaded model (and one GPU).
@@ -19,4 +20,9 @@ def evaluate_flow(catalog_path: str, force: bool = False) -> list[dict]:
     runner.write_summary(catalog)
     publish_table(catalog, "evaluate", runner.summary(catalog),
                   "evaluate: headline metric per benchmark, questions scored / rejected, samples/s")
+    # A curated benchmark with rejected questions has a wrong layout or missing images: above
+    # evaluate.max_failure_rate the stage fails, naming the share (the scores are written either way).
+    checked = check_failures(catalog, runner.failure_report(catalog), catalog.evaluate.max_failure_rate, results)
+    if isinstance(checked, State):  # completes "with failures", over every unit's result
+        return Completed(name=checked.name, message=checked.message, data=results)
     return results

@@ -314,6 +314,11 @@ class EvaluateSettings(Strict):
     max_new_tokens: int = Field(128, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    max_failure_rate: float = Field(
+        0.05, ge=0, le=1,
+        description="the stage fails when more than this share of questions was rejected (a benchmark file "
+                    "is curated: rejects point at a wrong layout or missing images)",
+    )
 
 
 # ---------------------------------------------------------------------------------- model (pretrain)

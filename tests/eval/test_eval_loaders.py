@@ -25,7 +25,8 @@ def test_pope(tmp_path):
     assert [(s.id, s.answer, s.meta["category"]) for s in bench.samples] == [
         ("adversarial-1", "yes", "adversarial"), ("random-1", "yes", "random")]
     assert [r["id"] for r in bench.rejects] == ["adversarial-2", "random-2"]
-    assert bench.rejects[0]["reason"].startswith("image not found: ")
+    assert bench.rejects[0] == {"id": "adversarial-2", "reason": "missing_image",
+                                "detail": f"image not found: {tmp_path / 'val2014' / 'COCO_val2014_000000000002.jpg'}"}
     assert load_benchmark("pope", "pope", tmp_path, split="random").samples[0].id == "random-1"
 
 
@@ -49,8 +50,8 @@ def test_mme_both_folder_layouts(tmp_path):
         ("existence/000-1", "existence", "existence/000.png", "no"),
     ]
     assert bench.samples[0].images == [str(nested / "images" / "10002.jpg")]
-    assert bench.rejects == [{"id": "artwork/10002-2",
-                              "reason": f"{nested / 'questions_answers_YN' / '10002.txt'}: line 3 is not "
+    assert bench.rejects == [{"id": "artwork/10002-2", "reason": "malformed",
+                              "detail": f"{nested / 'questions_answers_YN' / '10002.txt'}: line 3 is not "
                                         "'question<TAB>Yes|No'"}]
 
 
@@ -73,8 +74,9 @@ def test_mmbench_tsv_base64_and_image_references(tmp_path):
     assert bench.samples[0].question == "Look closely.\nWhat colour?"
     assert bench.samples[1].question == "Which shape?"
     assert bench.samples[0].images == [img] and bench.samples[1].images == [img]
-    assert bench.rejects == [{"id": "9", "reason": "answer 'E' is not one of the 2 option letters"},
-                             {"id": "x1", "reason": "index 'x1' is not a whole number"}]
+    assert bench.rejects == [
+        {"id": "9", "reason": "bad_answer", "detail": "answer 'E' is not one of the 2 option letters"},
+        {"id": "x1", "reason": "bad_index", "detail": "index 'x1' is not a whole number"}]
 
 
 def test_scienceqa_img_only(tmp_path):
@@ -110,7 +112,8 @@ def test_seedbench_images_only(tmp_path):
     png(tmp_path / "SEED-Bench-image" / "1.jpg")
     bench = load_benchmark("seed", "seedbench", path)
     assert [(s.id, s.answer, s.meta["category"]) for s in bench.samples] == [("101", "D", "Scene Understanding")]
-    assert bench.rejects == [{"id": "102", "reason": "video question (only image questions are evaluated)"}]
+    assert bench.rejects == [{"id": "102", "reason": "filtered_video",
+                              "detail": "video question (only image questions are evaluated)"}]
 
 
 def test_ai2d_with_test_split(tmp_path):
@@ -143,7 +146,7 @@ def test_textvqa_and_vqav2(tmp_path):
     png(tmp_path / "val2014" / "COCO_val2014_000000000042.jpg")
     bench = load_benchmark("vqav2", "vqav2", tmp_path)
     assert [(s.id, s.meta["category"]) for s in bench.samples] == [("420", "number")]
-    assert bench.rejects == [{"id": "430", "reason": "no annotation for this question"}]
+    assert bench.rejects == [{"id": "430", "reason": "malformed", "detail": "no annotation for this question"}]
 
 
 def test_jsonl_and_limit(tmp_path):

@@ -103,7 +103,20 @@ def test_evaluate_stage_end_to_end(tmp_path, tiny_eval):
 
     mine = json.loads((eval_dir / "mine" / "scores.json").read_text())
     assert (mine["scored"], mine["rejected"]) == (1, 2)
-    assert mine["rejected_by_reason"] == {"image is unreadable": 1, "image not found": 1}
+    assert mine["rejected_by_reason"] == {"bad_image": 1, "missing_image": 1}
+    # Every rejected question is a row of rejects.parquet (the loader's first, then undecodable images).
+    rejects = pq.read_table(eval_dir / "mine" / "rejects.parquet").to_pylist()
+    assert [(r["id"], r["reason"]) for r in rejects] == [("b", "missing_image"), ("c", "bad_image")]
+    assert rejects[0]["detail"] == f"image not found: {bench_dir / 'missing.png'}"
+    assert len(rejects) == mine["rejected"]
+    # The stage's failures report: 2 rejected of 51 questions (48 held-out + 1 scored + 2 rejected).
+    report = runner.failure_report(catalog)
+    assert {k: report[k] for k in ("stage", "rows", "failed", "share", "view")} == {
+        "stage": "evaluate", "rows": 51, "failed": 2, "share": 0.0392, "view": "eval/<benchmark>/rejects.parquet"}
+    assert [(r["reason"], r["count"], r["share"], [(e["benchmark"], e["id"]) for e in r["examples"]])
+            for r in report["reasons"]] == [("bad_image", 1, 0.0196, [("mine", "c")]),
+                                            ("missing_image", 1, 0.0196, [("mine", "b")])]
+    assert report["reasons"][1]["examples"][0]["detail"] == rejects[0]["detail"]
     lines = [json.loads(x) for x in (eval_dir / "mine" / "predictions.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == ["a", "c"]  # the missing image never reached the runner
     assert lines[1]["error"].startswith(f"image {bench_dir / 'bad.png'} is unreadable")

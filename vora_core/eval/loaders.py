@@ -34,8 +34,13 @@ class Benchmark:
     name: str
     format: str
     samples: list[Sample]
-    rejects: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}
+    rejects: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason" (REASONS), "detail"}
     protocol: str | None = None  # formats.PROTOCOLS name; None = the format's default
+
+
+# Why a question could not be used (the raw text stays beside it as the detail). `filtered_*` questions are
+# left out by the benchmark's definition (not failures); the rest point at a wrong layout or missing files.
+REASONS = ("missing_image", "bad_image", "bad_answer", "bad_index", "malformed", "filtered_video")
 
 
 class _Collector:
@@ -48,12 +53,12 @@ class _Collector:
     def add(self, sample: Sample) -> None:
         for image in sample.images:
             if isinstance(image, str) and not Path(image).is_file():
-                self.rejects.append({"id": sample.id, "reason": f"image not found: {image}"})
+                self.reject(sample.id, "missing_image", f"image not found: {image}")
                 return
         self.samples.append(sample)
 
-    def reject(self, sample_id: str, reason: str) -> None:
-        self.rejects.append({"id": sample_id, "reason": reason})
+    def reject(self, sample_id: str, reason: str, detail: str) -> None:
+        self.rejects.append({"id": sample_id, "reason": reason, "detail": detail})
 
 
 def _need(path: Path, what: str, layout: str) -> Path:
@@ -110,7 +115,7 @@ def load_pope(path: Path, image_dir: Path | None, split: str | None) -> _Collect
             qid = _field(row, "question_id", where)
             label = str(_field(row, "label", where)).strip().lower()
             if label not in ("yes", "no"):
-                out.reject(f"{category}-{qid}", f"label {label!r} is not yes/no")
+                out.reject(f"{category}-{qid}", "bad_answer", f"label {label!r} is not yes/no")
                 continue
             out.add(Sample(f"{category}-{qid}", "yesno", _field(row, "text", where),
                            [str(images / _field(row, "image", where))], label, meta={"category": category}))
@@ -145,7 +150,7 @@ def load_mme(path: Path, image_dir: Path | None, split: str | None) -> _Collecto
                 sid = f"{task.name}/{txt.stem}-{i}"
                 question, sep, answer = line.rpartition("\t")
                 if not sep or answer.strip().lower() not in ("yes", "no"):
-                    out.reject(sid, f"{txt}: line {i + 1} is not 'question<TAB>Yes|No'")
+                    out.reject(sid, "malformed", f"{txt}: line {i + 1} is not 'question<TAB>Yes|No'")
                     continue
                 out.add(Sample(sid, "mme", question.strip(), [str(image)], answer.strip().lower(),
                                meta={"subtask": task.name, "image": f"{task.name}/{image.name}",
@@ -180,7 +185,7 @@ def load_mmbench(path: Path, image_dir: Path | None, split: str | None, circular
         if split and "split" in row and row["split"] != split:
             continue
         if not idx.strip().isdigit():
-            out.reject(idx, f"index {idx!r} is not a whole number")
+            out.reject(idx, "bad_index", f"index {idx!r} is not a whole number")
             continue
         number = int(idx)
         if not circular and number >= CIRCULAR_STRIDE:
@@ -188,7 +193,7 @@ def load_mmbench(path: Path, image_dir: Path | None, split: str | None, circular
         options = [row[c] for c in LETTERS if c in row and not _blank(row[c])]
         answer = (row.get("answer") or "").strip()
         if answer not in LETTERS[: len(options)]:
-            out.reject(idx, f"answer {answer!r} is not one of the {len(options)} option letters")
+            out.reject(idx, "bad_answer", f"answer {answer!r} is not one of the {len(options)} option letters")
             continue
         raw = row["image"].strip()
         if raw.isdigit() and raw in by_index:  # the image is stored once, on another row
@@ -196,7 +201,7 @@ def load_mmbench(path: Path, image_dir: Path | None, split: str | None, circular
         try:
             image = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
-            out.reject(idx, "image is not valid base64")
+            out.reject(idx, "bad_image", "image is not valid base64")
             continue
         question = row["question"] if _blank(row.get("hint")) else f"{row['hint']}\n{row['question']}"
         meta: dict[str, Any] = {"category": row.get("category", ""), "index": idx}
@@ -222,7 +227,7 @@ def load_scienceqa(path: Path, image_dir: Path | None, split: str | None) -> _Co
     for pid in splits[split]:
         p = problems.get(str(pid))
         if p is None:
-            out.reject(str(pid), "listed in pid_splits.json but not in problems.json")
+            out.reject(str(pid), "malformed", "listed in pid_splits.json but not in problems.json")
             continue
         if not p.get("image"):
             continue  # ScienceQA-IMG: text-only problems are not part of the benchmark
@@ -249,7 +254,7 @@ def load_seedbench(path: Path, image_dir: Path | None, split: str | None) -> _Co
         where = f"seedbench: {path.name}"
         qid = str(_field(q, "question_id", where))
         if q.get("data_type", "image") != "image":
-            out.reject(qid, f"{q.get('data_type')} question (only image questions are evaluated)")
+            out.reject(qid, "filtered_video", f"{q.get('data_type')} question (only image questions are evaluated)")
             continue
         options = [q[f"choice_{c}"] for c in "abcd" if f"choice_{c}" in q]
         category = names.get(q.get("question_type_id"), str(q.get("question_type_id", "")))
@@ -299,7 +304,7 @@ def load_textvqa(path: Path, image_dir: Path | None, split: str | None) -> _Coll
         qid = str(_field(q, "question_id", where))
         answers = list(_field(q, "answers", where))
         if not answers:
-            out.reject(qid, "no answers (test split?)")
+            out.reject(qid, "bad_answer", "no answers (test split?)")
             continue
         out.add(Sample(qid, "vqa", _field(q, "question", where), [str(images / f"{_field(q, 'image_id', where)}.jpg")],
                        answers))
@@ -322,7 +327,7 @@ def load_vqav2(path: Path, image_dir: Path | None, split: str | None) -> _Collec
         qid = q["question_id"]
         ann = by_qid.get(qid)
         if ann is None:
-            out.reject(str(qid), "no annotation for this question")
+            out.reject(str(qid), "malformed", "no annotation for this question")
             continue
         answers = [a["answer"] for a in ann["answers"]]
         image = images / f"COCO_{split}_{int(q['image_id']):012d}.jpg"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,9 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from vora_core.catalog import Catalog
+from vora_core.data import failures
 from vora_core.errors import DataError, StageError
 from vora_core.eval import heldout
 from vora_core.eval.formats import Sample, judge, prompt_text, protocol_record, score_benchmark
@@ -190,12 +192,14 @@ def evaluate_benchmark(loaded: Loaded, bench: Benchmark, out_dir: Path, batch_si
                 scored.append(s)
                 verdicts.append(verdict)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    reasons = Counter(_reason(r["reason"]) for r in bench.rejects)
-    reasons.update(_reason(e) for e in errors.values())
+    rejects = bench.rejects + [{"id": sid, "reason": "bad_image", "detail": e} for sid, e in errors.items()]
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in REJECT_COLUMNS} for r in rejects], REJECTS_SCHEMA),
+                   out_dir / "rejects.parquet")
+    reasons = Counter(r["reason"] for r in rejects)
     scores = (score_benchmark(bench.format, scored, verdicts, bench.protocol) if scored
               else {"main": None, "value": None, "protocol": protocol_record(bench.format, bench.protocol)})
     scores.update(
-        benchmark=bench.name, format=bench.format, scored=len(scored), rejected=len(bench.rejects) + len(errors),
+        benchmark=bench.name, format=bench.format, scored=len(scored), rejected=len(rejects),
         rejected_by_reason=dict(sorted(reasons.items())), seconds=round(seconds, 3),
         samples_per_s=round(len(bench.samples) / seconds, 3) if seconds else None,
         batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -204,12 +208,8 @@ def evaluate_benchmark(loaded: Loaded, bench: Benchmark, out_dir: Path, batch_si
     return scores
 
 
-def _reason(text: str) -> str:
-    """Group reasons without their per-file details ("image not found: /a/b.jpg" → "image not found")."""
-    m = re.match(r"image (?:\S+ )?(is unreadable|not found)", text)
-    if m:
-        return f"image {m.group(1)}"
-    return text.split(":", 1)[0] if text.startswith("label ") else text
+REJECT_COLUMNS = ("id", "reason", "detail")
+REJECTS_SCHEMA = pa.schema([(c, pa.string()) for c in REJECT_COLUMNS])
 
 
 # ---------------------------------------------------------------------------------------- stage
@@ -344,3 +344,36 @@ def summary(catalog: Catalog) -> list[dict]:
                      "metric": stats.get("main"), "value": stats.get("value"), "scored": stats.get("scored"),
                      "rejected": stats.get("rejected"), "samples_per_s": stats.get("samples_per_s")})
     return rows
+
+
+def failure_report(catalog: Catalog, examples: int = 5) -> dict:
+    """The finished benchmarks' rejected questions by reason (`loaders.REASONS`, `bad_image` also for an
+    image that does not decode): count, share of the questions (scored + rejected, `filtered_*` left out:
+    they are not part of the benchmark) and up to `examples` example rows each; `filtered_*` counts are
+    listed as filters, as the download stage lists its sources' filters."""
+    import duckdb
+
+    tables, rows = [], 0
+    for unit in plan(catalog):
+        out = Path(unit.output)
+        if not (unit.done and (out / "rejects.parquet").exists()):
+            continue
+        table = pq.read_table(out / "rejects.parquet")
+        tables.append(table.append_column("benchmark", pa.array([unit.id] * table.num_rows, pa.string()))
+                      .append_column("row", pa.array(range(table.num_rows), pa.int64())))
+        rows += json.loads((out / "scores.json").read_text())["scored"]
+    schema = REJECTS_SCHEMA.append(pa.field("benchmark", pa.string())).append(pa.field("row", pa.int64()))
+    rejects = pa.concat_tables(tables) if tables else schema.empty_table()
+    con = duckdb.connect()
+    try:
+        con.register("eval_rejects", rejects)
+        filtered = dict(con.execute("SELECT reason, count(*) FROM eval_rejects WHERE starts_with(reason, 'filtered_') "
+                                    "GROUP BY reason ORDER BY reason").fetchall())
+        rows += rejects.num_rows - sum(filtered.values())
+        report = failures.failure_report(
+            con, STAGE, rows, "(SELECT * FROM eval_rejects WHERE NOT starts_with(reason, 'filtered_'))",
+            ("benchmark", "id", "detail"), "benchmark, row", "eval/<benchmark>/rejects.parquet", examples)
+    finally:
+        con.close()
+    extra = [{"reason": r, "count": n, "share": None, "examples": [], "filter": True} for r, n in filtered.items()]
+    return report | {"reasons": report["reasons"] + extra}
