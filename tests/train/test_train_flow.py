@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 METRIC_FIELDS = {
     "step", "loss", "lm_loss", "distill", "distill_blocks", "grad_norm", "skipped", "nan_steps", "lr", "epoch",
     "total_steps", "tokens", "samples", "padding_fraction", "tokens_per_s", "samples_per_s", "step_s",
-    "data_wait_s",
+    "data_wait_s", "skipped_images", "skipped_images_total",
 }
 TRAIN = dict(seq_len=160, micro_batch=2, grad_accum=1, warmup_steps=1, checkpoint_every=2, num_workers=0,
              cpu_threads=1)
