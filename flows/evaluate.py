@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.states import Completed, State
+from prefect.states import State
 
 from flows.common import check_failures, map_units, publish_table, run_name
 from vora_core.catalog import load_catalog
@@ -22,7 +22,4 @@ def evaluate_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
                   "evaluate: headline metric per benchmark, questions scored / rejected, samples/s")
     # A curated benchmark with rejected questions has a wrong layout or missing images: above
     # evaluate.max_failure_rate the stage fails, naming the share (the scores are written either way).
-    checked = check_failures(catalog, runner.failure_report(catalog), catalog.evaluate.max_failure_rate, results)
-    if isinstance(checked, State):  # completes "with failures", over every unit's result
-        return Completed(name=checked.name, message=checked.message, data=results)
-    return results
+    return check_failures(catalog, runner.failure_report(catalog), catalog.evaluate.max_failure_rate, results)
