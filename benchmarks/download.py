@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vora_core.catalog import load_catalog  # noqa: E402
-from vora_core.data import download  # noqa: E402
+from vora_core.stages import download  # noqa: E402
 from vora_core.workdir import run_unit_with_marker  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def stage(url_list: Path, work: Path, args) -> tuple[float, int]:
     catalog = load_catalog(catalog_path)
     start = time.perf_counter()
     for unit in download.prepare_units(catalog):
-        run_unit_with_marker(unit, lambda u: download.run_prepare(catalog, u))
+        run_unit_with_marker(unit, lambda u: download.run_unit(catalog, u))
     ok = 0
     for unit in download.plan(catalog):
         ok += run_unit_with_marker(unit, lambda u: download.run_unit(catalog, u))["successes"]

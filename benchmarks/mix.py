@@ -83,7 +83,7 @@ def catalog(root: Path) -> dict:
 def child(root: str) -> None:
     """Build the mixture and print its stats, wall time and this process's peak RSS."""
     from vora_core.catalog import parse_catalog
-    from vora_core.mix import build_mixture
+    from vora_core.data.mixture import build_mixture
 
     c = parse_catalog(catalog(Path(root)))
     t0 = time.perf_counter()

@@ -24,8 +24,8 @@ def run(steps: int = 12, seq_len: int = 512, micro_batch: int = 4, n_text: int =
     from vora_core.train.launch import launch
     from vora_core.train.loader import EpochPlans, PackDataset, build_loader
     from vora_core.train.metrics import read_metrics
+    from vora_core.train.prepare import load_tokenizer, prepare_spec, summarise
     from vora_core.train.samples import SampleBuilder, open_index
-    from vora_core.train.stage import load_tokenizer, prepare_spec, summarise
 
     with tempfile.TemporaryDirectory(prefix="vora-train-bench-") as tmp:
         world = make_world(Path(tmp), n_images=n_images, n_text=n_text, image_size=64, patch_size=8, hidden=64)

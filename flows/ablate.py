@@ -46,8 +46,7 @@ def ablate_flow(catalog_path: str, variants_path: str | None = None, only: list[
     units = chain.plan(catalog, grid, only)
     get_run_logger().info("ablate: variants %s", ", ".join(u.id for u in units))
     try:
-        results = map_units(catalog, catalog_path, "ablate", units, "vora_core.ablation.chain:run_unit",
-                            parallel=parallel)
+        results = map_units(chain, catalog, "ablate", units, parallel=parallel)
     finally:
         written = publish_report(catalog, grid)
     return {"variants": results, "report": written}

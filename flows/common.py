@@ -8,13 +8,14 @@ speed-up on top of it, keyed by (stage, unit id, settings fingerprint) + the tas
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import yaml
 from prefect import get_run_logger, task
@@ -25,22 +26,30 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 from prefect.utilities.hashing import hash_objects
 
 from flows import progress as terminal
-from vora_core.catalog import Catalog, load_catalog
+from vora_core.catalog import Catalog
 from vora_core.errors import StageError
-from vora_core.stages import resolve
-from vora_core.workdir import STAGES, Unit, run_unit_with_marker
+from vora_core.stages import NAMES
+from vora_core.workdir import Unit, run_unit_with_marker
 
 T = TypeVar("T")
 # The stage names as a type: the deployment's parameter schema lists them (an enum in the UI).
 StageName = Literal["download", "recaption", "mix", "pretrain", "merge", "finetune", "evaluate"]
-assert StageName.__args__ == STAGES, "StageName must list vora_core.workdir.STAGES in order"
+assert StageName.__args__ == NAMES, "StageName must list vora_core.stages.STAGES in order"
+
+
+class RunsUnits(Protocol):
+    """What `map_units` runs: a stage (vora_core.stages) or any module with the same `run_unit`."""
+
+    def run_unit(self, catalog: Catalog, unit: Unit, /) -> dict: ...
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -106,12 +115,28 @@ class UnitMarkerPolicy(CachePolicy):
         return hash_objects(unit.stage, unit.id, unit.fingerprint, source)
 
 
+@contextlib.contextmanager
+def gpu_slot(name: str | None) -> Iterator[None]:
+    """One slot of the Prefect global concurrency limit `name` (a limit not created yet is skipped
+    with a warning: `prefect gcl create <name> --limit <GPUs or servers>`)."""
+    if not name:
+        yield
+        return
+    with concurrency(name, occupy=1, strict=False):
+        yield
+
+
 @task(cache_policy=UnitMarkerPolicy(), persist_result=True)
-def run_unit_task(catalog_path: str, unit: Unit, runner: str, force: bool = False) -> dict:
-    """Run one unit through `runner` (`module:function(catalog, unit) -> stats`) under its marker."""
-    catalog = load_catalog(catalog_path)
-    work = resolve(runner)
-    result = run_unit_with_marker(unit, lambda u: work(catalog, u), force=force)
+def run_unit_task(catalog: Catalog, unit: Unit, run_unit: Callable[..., dict], force: bool = False,
+                  hooks: Mapping[str, Callable[..., Any]] | None = None, slot: str | None = None) -> dict:
+    """Run one unit through its stage's `run_unit(catalog, unit, **hooks)` under its marker (and, when
+    `slot` names a concurrency limit, one slot of it)."""
+
+    def work(u: Unit) -> dict:
+        with gpu_slot(slot):
+            return run_unit(catalog, u, **(hooks or {}))
+
+    result = run_unit_with_marker(unit, work, force=force)
     best_effort("run log", get_run_logger().info, "%s %s: %s", unit.stage, unit.id, result.get("status"))
     if result["status"] == "skipped":  # the UI shows it as skipped, not as work done
         return Completed(name="Skipped", message=f"{unit.id}: marker matches, nothing to do", data=result)
@@ -124,20 +149,24 @@ def artifact_key(*parts: str) -> str:
 
 
 def map_units(
+    stage: RunsUnits,
     catalog: Catalog,
-    catalog_path: str,
     label: str,
     units: Sequence[Unit],
-    runner: str,
     *,
     force: bool = False,
     retries: int = 0,
     parallel: int = 1,
+    hooks: Mapping[str, Callable[..., Any]] | None = None,
+    on_result: Callable[[Unit, dict], None] | None = None,
+    slot: str | None = None,
 ) -> list[dict]:
-    """Run `units` as tasks, at most `parallel` at a time, with a progress artifact.
+    """Run `units` as tasks of `stage.run_unit`, at most `parallel` at a time, with a progress artifact.
 
-    A unit that fails (after its retries) is recorded with its error while the others finish; the
-    stage then fails with a `StageError` naming every failed unit.
+    `hooks` go to every `run_unit` call as keyword arguments (callbacks such as `on_progress`);
+    `on_result(unit, result)` runs here, in the flow, as each unit finishes. A unit that fails (after
+    its retries) is recorded with its error while the others finish; the stage then fails with a
+    `StageError` naming every failed unit.
     """
     logger = get_run_logger()
     if not units:
@@ -164,7 +193,8 @@ def map_units(
         while pending or running:
             while pending and len(running) < max(1, parallel):
                 unit = pending.pop(0)
-                running[unit_task.submit(catalog_path, unit, runner, force)] = unit
+                # quoted: Prefect passes them through as they are instead of walking them for futures
+                running[unit_task.submit(quote(catalog), unit, stage.run_unit, force, quote(hooks), slot)] = unit
             fut = next(as_completed(list(running)))
             unit = running.pop(fut)
             try:
@@ -175,6 +205,8 @@ def map_units(
             except Exception as e:  # reported per unit; the stage fails below, after the others finish
                 logger.error("%s %s failed: %s", label, unit.id, e)
                 results.append({"unit": unit.id, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+            if on_result is not None and results[-1]["status"] != "failed":
+                best_effort(f"{label} progress", on_result, unit, results[-1])
             report_progress(progress, 100.0 * len(results) / len(units))
             counts = unit_counts(results)
             meter.update(len(results), ", ".join(f"{counts[k]} {k}" for k in ("skipped", "failed") if counts[k]))

@@ -7,8 +7,8 @@ from prefect.states import State
 
 from flows.common import check_failures, map_units, publish_table, run_name
 from vora_core.catalog import load_catalog
-from vora_core.data import download
 from vora_core.manifest import open_manifest
+from vora_core.stages import download
 
 
 @flow(name="download", log_prints=True, flow_run_name=run_name("download"))
@@ -16,14 +16,9 @@ def download_flow(catalog_path: str, force: bool = False) -> list[dict] | State:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
     settings = catalog.download
-    map_units(
-        catalog, catalog_path, "download-prepare", download.prepare_units(catalog),
-        "vora_core.data.download:run_prepare", force=force,
-    )
-    results = map_units(
-        catalog, catalog_path, "download", download.plan(catalog), "vora_core.data.download:run_unit",
-        force=force, retries=settings.unit_retries, parallel=settings.parallel_units,
-    )
+    map_units(download, catalog, "download-prepare", download.prepare_units(catalog), force=force)
+    results = map_units(download, catalog, "download", download.plan(catalog), force=force,
+                        retries=settings.unit_retries, parallel=settings.parallel_units)
     open_manifest(catalog.run).close()  # rebuild the views over what is on disk now
     rows = download.summary(catalog)
     publish_table(catalog, "download", rows, "download: rows, successes, failures by reason, images/s")

@@ -16,10 +16,9 @@ from flows.mix import mix_flow
 from flows.recaption import recaption_flow
 from flows.train import finetune_flow, pretrain_flow
 from vora_core.catalog import Catalog, load_catalog
-from vora_core.stages import check_stage, resolve, select_stages
-from vora_core.status import SUMMARIES
+from vora_core.stages import NAMES, STAGES, check_stage, select_stages
 
-# Stage name → its flow, in pipeline order. Later stages register here as they are built.
+# Stage name → its flow (the stages and their order: vora_core.stages.STAGES).
 STAGE_FLOWS: dict[str, Callable[..., object]] = {
     "download": download_flow,
     "recaption": recaption_flow,
@@ -29,8 +28,7 @@ STAGE_FLOWS: dict[str, Callable[..., object]] = {
     "finetune": finetune_flow,
     "evaluate": evaluate_flow,
 }
-# What a plain `vora run` (or --from/--until) chains: every stage.
-CHAINED = tuple(STAGE_FLOWS)
+assert tuple(STAGE_FLOWS) == NAMES, "STAGE_FLOWS must hold one flow per stage of vora_core.stages.STAGES"
 DESCRIPTION = (
     "VoRA (Vision as LoRA): download → recaption → mix → pretrain → merge → finetune → evaluate. Every unit "
     "whose completion marker matches is skipped, so a rerun continues where the last one stopped."
@@ -59,7 +57,7 @@ def vora_pipeline(
     catalog = load_catalog(catalog_path)
     catalog.write_lock()  # fail fast on a bad catalog, before any stage
     forced = {check_stage(s) for s in force or []}
-    stages = select_stages(STAGE_FLOWS if only else CHAINED, only=only, from_=from_stage, until=until_stage)
+    stages = select_stages(NAMES, only=only, from_=from_stage, until=until_stage)
     get_run_logger().info("stages: %s", ", ".join(stages))
     results: dict[str, object] = {}
     try:
@@ -85,7 +83,7 @@ def summary_markdown(catalog: Catalog, results: dict[str, Any]) -> str:
             lines.append("**failed** (see the stage's flow run)")
         lines += ["", f"outputs: `{stage_outputs(catalog, stage)}`", ""]
         try:
-            lines += markdown_table(resolve(SUMMARIES[stage])(catalog))
+            lines += markdown_table(STAGES[stage].summary(catalog))
         except Exception as e:  # reporting never fails the run
             lines.append(f"(no figures: {type(e).__name__}: {e})")
         if stage in ("pretrain", "finetune"):

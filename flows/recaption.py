@@ -1,14 +1,11 @@
-"""recaption stage: a caption for every downloaded image, one task per shard (vora_core.caption)."""
+"""recaption stage: a caption for every downloaded image, one task per shard (vora_core.stages.recaption)."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Iterator
+from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
-from prefect.concurrency.sync import concurrency
 from prefect.states import State
 
 from flows import progress as terminal
@@ -22,31 +19,11 @@ from flows.common import (
     run_logger,
     run_name,
 )
-from vora_core.caption import recaption
-from vora_core.catalog import Catalog, load_catalog
+from vora_core.caption.recaption import resolve_model, shard_images
+from vora_core.catalog import load_catalog
 from vora_core.manifest import open_manifest
+from vora_core.stages import recaption
 from vora_core.workdir import Unit
-
-
-@contextlib.contextmanager
-def gpu_slot(name: str | None) -> Iterator[None]:
-    """One slot of the Prefect global concurrency limit `name` (a limit not created yet is skipped
-    with a warning: `prefect gcl create <name> --limit <GPUs or servers>`)."""
-    if not name:
-        yield
-        return
-    with concurrency(name, occupy=1, strict=False):
-        yield
-
-
-def run_unit(catalog: Catalog, unit: Unit) -> dict:
-    """The runner each task resolves: caption one shard under a GPU slot, then report progress."""
-    with gpu_slot(catalog.recaption.concurrency_limit):
-        stats = recaption.run_unit(catalog, unit)
-    if counts := best_effort("recaption progress", recaption.progress, catalog, finished=unit.id):
-        report_progress(unit.params.get("progress_artifact"), 100.0 * counts[0] / max(counts[1], 1))
-        terminal.advance("recaption", "images", *counts)
-    return stats
 
 
 @flow(name="recaption", log_prints=True, flow_run_name=run_name("recaption"))
@@ -56,16 +33,26 @@ def recaption_flow(catalog_path: str, force: bool = False) -> list[dict] | State
     settings = catalog.recaption
     units = recaption.plan(catalog)
     if units:
-        recaption.resolve_model(catalog)  # build the tiny captioner once, before tasks run in parallel
-    done, total = recaption.progress(catalog)
+        resolve_model(catalog)  # build the tiny captioner once, before tasks run in parallel
+    done, total = recaption.progress(catalog, units)
     progress = best_effort(
         "progress artifact", create_progress_artifact, 100.0 * done / max(total, 1),
         key=artifact_key(catalog.name, "recaption", "images"), description=f"recaption: images captioned of {total}",
     )
-    units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
     images = terminal.open_meter("recaption", "images", total, start=done, plain_every_s=terminal.PLAIN_EVERY_S)
+    counted = {u.id for u in units if u.done}
+
+    def on_result(unit: Unit, result: dict) -> None:
+        """Count the shard's images once, as its unit finishes (no re-planning)."""
+        nonlocal done
+        if unit.id not in counted:
+            counted.add(unit.id)
+            done += shard_images(Path(unit.params["tar"]))
+        report_progress(progress, 100.0 * done / max(total, 1))
+        terminal.advance("recaption", "images", done, total)
+
     results = map_units(  # closes the images meter with the stage's others
-        catalog, catalog_path, "recaption", units, "flows.recaption:run_unit",
+        recaption, catalog, "recaption", units, on_result=on_result, slot=settings.concurrency_limit,
         # Retries only where the network is flaky (a server engine); local engines fail deterministically.
         force=force, retries=settings.unit_retries if settings.engine == "openai" else 0,
         parallel=settings.parallel_units,

@@ -1,11 +1,12 @@
-"""pretrain and finetune stages: one task each (the torchrun training run, vora_core.train.stage).
+"""pretrain and finetune stages: one task each (the torchrun training run, vora_core.stages.train).
 
 While the run trains, a progress artifact follows its metrics.jsonl; at the end a table artifact
 (steps, tokens, final losses, tokens/s) and a markdown artifact with the loss curve."""
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
@@ -21,32 +22,32 @@ from flows.common import (
     report_progress,
     run_name,
 )
-from vora_core.catalog import Catalog, load_catalog
-from vora_core.train import stage as train_stage
-from vora_core.workdir import Unit
+from vora_core.catalog import load_catalog
+from vora_core.stages import STAGES
 
 
-def run_unit(catalog: Catalog, unit: Unit) -> dict:
-    """The runner the task resolves: train, moving the progress artifact at each logged step."""
-    artifact = unit.params.get("progress_artifact")
+def step_progress(stage: str, artifact: Any) -> Callable[[dict], None]:
+    """The `on_progress` hook of a training unit: moves the progress artifact and the terminal meter
+    at each logged step."""
 
     def on_progress(record: dict) -> None:
         if record.get("total_steps"):
             report_progress(artifact, 100.0 * record["step"] / record["total_steps"])
-            terminal.advance(unit.stage, "steps", int(record["step"]), int(record["total_steps"]))
+            terminal.advance(stage, "steps", int(record["step"]), int(record["total_steps"]))
 
-    return train_stage.run_unit(catalog, unit, on_progress=on_progress)
+    return on_progress
 
 
 def train_flow_body(catalog_path: str, stage: str, force: bool) -> list[dict]:
     catalog = load_catalog(catalog_path)
     catalog.write_lock()
-    units = train_stage.plan(catalog, stage)
+    train = STAGES[stage]
+    units = train.plan(catalog)
     progress = best_effort("progress artifact", create_progress_artifact, 0.0,
                            key=artifact_key(catalog.name, stage, "steps"), description=f"{stage}: optimizer steps done")
-    units = [dataclasses.replace(u, params={**u.params, "progress_artifact": progress}) for u in units]
-    results = map_units(catalog, catalog_path, stage, units, "flows.train:run_unit", force=force)
-    publish_table(catalog, stage, train_stage.summary(catalog, stage),
+    results = map_units(train, catalog, stage, units, force=force,
+                        hooks={"on_progress": step_progress(stage, progress)})
+    publish_table(catalog, stage, train.summary(catalog),
                   f"{stage}: steps, tokens, final losses, tokens/s")
     publish_markdown(catalog, f"{stage}-loss", png_markdown(f"{stage}: loss", catalog.run.stage_dir(stage) / "loss.png"),
                      f"{stage}: loss curve")

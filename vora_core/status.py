@@ -1,6 +1,6 @@
 """`vora status`: per stage and per source, units done / pending, samples, failures by reason.
 
-`stage_status` gathers the figures (also `vora status --json`); `render` lays them out for a terminal
+`vora_core.stages.status` gathers the figures (also `vora status --json`); `render` lays them out for a terminal
 of any width down to 80 columns: per stage a narrow table when one fits, else one block of
 `key: value` rows per source or unit — values wrap under themselves, names are never cut.
 """
@@ -10,24 +10,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from vora_core.catalog import Catalog
-from vora_core.stages import resolve
-
-# Stage → `module:function(catalog) -> list[dict]` (one row per source or unit group).
-SUMMARIES: dict[str, str] = {
-    "download": "vora_core.data.download:summary",
-    "recaption": "vora_core.caption.recaption:summary",
-    "mix": "vora_core.mix:summary",
-    "pretrain": "vora_core.train.stage:pretrain_summary",
-    "merge": "vora_core.merge_stage:summary",
-    "finetune": "vora_core.train.stage:finetune_summary",
-    "evaluate": "vora_core.eval.runner:summary",
-}
 HEADS = ("benchmark", "unit", "source")  # the field that names a row, first found (a merge's source is a path)
-
-
-def stage_status(catalog: Catalog) -> dict[str, list[dict]]:
-    return {stage: resolve(dotted)(catalog) for stage, dotted in SUMMARIES.items()}
 
 
 def cell(value: object, root: str = "") -> str:

@@ -17,12 +17,11 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("download", "recaption", "mix", "pretrain", "merge", "finetune", "evaluate")
 MARKER_SUFFIX = ".done.json"
 
 
@@ -111,6 +110,35 @@ def write_marker(output: str | Path, fp: str, stats: dict) -> dict:
 
 def clear_marker(output: str | Path) -> None:
     marker_path(output).unlink(missing_ok=True)
+
+
+def files_identity(paths: Iterable[str | Path], full_path: bool = False) -> list[list]:
+    """[name (or the path as given), size, mtime_ns] per file: a cheap identity of a unit's inputs."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append([str(p) if full_path else Path(p).name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def dir_identity(path: Path) -> list:
+    """A model or output directory: its completion marker's fingerprint when it has one, else its files'
+    identity (top level only), or `["missing", path]`."""
+    marker = read_marker(path)
+    if marker is not None:
+        return ["marker", marker.get("fingerprint")]
+    if not path.is_dir():
+        return ["missing", str(path)]
+    return files_identity(sorted(p for p in path.iterdir() if p.is_file()))
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file, streamed in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass

@@ -7,10 +7,10 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from vora_core.caption import recaption
 from vora_core.caption.engines import CaptionRequest, EngineUnavailable, HFEngine, OpenAIEngine
 from vora_core.caption.server import ChatServer, engine_backend, parse_chat
 from vora_core.errors import StageError, VoraError
+from vora_core.stages import run_stage
 from vora_core.workdir import read_marker
 
 KEY = "sk-test-0123456789abcdef"
@@ -45,7 +45,7 @@ def test_every_image_gets_exactly_one_caption_through_faulty_servers(
     n = shards(tmp_path / "hf", n_shards=2, per_shard=5)
     shards(tmp_path / "api", n_shards=2, per_shard=5)
     reference = catalog(tmp_path / "hf", str(captioner_dir))
-    recaption.run_stage(reference)
+    run_stage("recaption", reference)
 
     monkeypatch.setenv("VORA_TEST_KEY", KEY)
     caplog.set_level(logging.DEBUG)
@@ -53,7 +53,7 @@ def test_every_image_gets_exactly_one_caption_through_faulty_servers(
     faults = FirstAttemptFaults()
     with ChatServer(backend, fault=faults, api_key=KEY) as a, ChatServer(backend, fault=faults, api_key=KEY) as b:
         cat = catalog(tmp_path / "api", "unused-for-openai", **openai_settings([a.url, b.url]))
-        results = recaption.run_stage(cat)
+        results = run_stage("recaption", cat)
         stats = [a.stats, b.stats]
 
     assert [r["status"] for r in results] == ["done", "done"]
@@ -84,7 +84,7 @@ def test_exhausted_retries_fail_the_shard_and_leave_no_output(tmp_path, shards, 
     with ChatServer(lambda body, image, prompt: {"text": "x"}, fault=lambda body: 503) as srv:
         cat = catalog(tmp_path, "m", batch_retries=1, **openai_settings([srv.url], max_retries=2))
         with pytest.raises(StageError) as e:
-            recaption.run_stage(cat)
+            run_stage("recaption", cat)
         requests = srv.stats["requests"]
     msg = str(e.value)
     assert msg.startswith("recaption shapes/00000: a batch of 1 image failed 2 times: EngineUnavailable: "
@@ -101,7 +101,7 @@ def test_missing_api_key_is_a_clear_error_without_retries(tmp_path, shards, cata
     with ChatServer(lambda body, image, prompt: {"text": "x"}, api_key=KEY) as srv:
         cat = catalog(tmp_path, "m", **openai_settings([srv.url]))
         with pytest.raises(VoraError) as e:
-            recaption.run_stage(cat)
+            run_stage("recaption", cat)
         assert srv.stats["requests"] == 0  # refused before the handler counts it
     assert str(e.value) == (f"{srv.url}/chat/completions: HTTP 401 (not authorised): put the server's API key in "
                             "the environment variable 'VORA_TEST_KEY' (recaption.openai.api_key_env)")

@@ -8,11 +8,10 @@ import pytest
 from realdata import photos
 from realdata.vora_recap import CAPTIONS, recap_items, write_recap
 
-from vora_core.caption import recaption
 from vora_core.catalog import parse_catalog
-from vora_core.data import download
+from vora_core.data.mixture import build_mixture
 from vora_core.manifest import open_manifest
-from vora_core.mix import build_mixture
+from vora_core.stages import download, run_stage
 from vora_core.workdir import run_unit_with_marker
 
 FAST = {"batch_size": 4, "max_new_tokens": 8, "min_pixels": 784, "max_pixels": 56 * 56, "concurrency_limit": None,
@@ -31,7 +30,7 @@ def catalog(tmp_path, form, model):
 
 def download_all(c):
     for unit in download.prepare_units(c):
-        run_unit_with_marker(unit, lambda u: download.run_prepare(c, u))
+        run_unit_with_marker(unit, lambda u: download.run_unit(c, u))
     return [run_unit_with_marker(u, lambda u: download.run_unit(c, u)) for u in download.plan(c)]
 
 
@@ -46,7 +45,7 @@ def test_released_captions_reach_the_mixture(tmp_path, form, captioner_dir):
     c = catalog(tmp_path, form, captioner_dir)
     (stats,) = download_all(c)
     assert (stats["rows"], stats["successes"], stats["failures"]) == (7, 6, 1)
-    recaption.run_stage(c)
+    run_stage("recaption", c)
     con = open_manifest(c.run)
     try:
         caps = {r: (e, cap) for r, e, cap in con.sql(
@@ -81,7 +80,7 @@ def test_a_fully_captioned_shard_never_loads_the_model(tmp_path):
     write_recap(tmp_path / "recap" / "part.parquet", recap_items(), "frames")
     c = catalog(tmp_path, "frames", tmp_path / "no-such-model")  # loading it would fail
     download_all(c)
-    (result,) = recaption.run_stage(c)
+    (result,) = run_stage("recaption", c)
     con = open_manifest(c.run)
     try:
         assert con.sql("SELECT count(*), count(*) FILTER (WHERE engine = 'provided') FROM captions").fetchall() == [

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from vora_core.caption import recaption
 from vora_core.caption.server import ChatServer
 from vora_core.errors import StageError
 from vora_core.manifest import open_manifest
+from vora_core.stages import recaption, run_stage
 from vora_core.workdir import marker_path, read_marker
 
 COLUMNS = ["sample_id", "key", "caption", "prompt", "model", "engine", "n_tokens", "seconds", "finish_reason",
@@ -31,7 +31,7 @@ def test_hf_stage_on_the_tiny_captioner(tmp_path, shards, catalog):
     n = shards(tmp_path, n_shards=2, per_shard=4)
     cat = catalog(tmp_path, "tiny")
     assert [u.id for u in recaption.plan(cat)] == ["shapes/00000", "shapes/00001"]
-    results = recaption.run_stage(cat)
+    results = run_stage("recaption", cat)
     assert [(r["unit"], r["status"], r["images"]) for r in results] == [
         ("shapes/00000", "done", 4), ("shapes/00001", "done", 4)]
     assert (tmp_path / "models" / "captioner" / "config.json").is_file()  # `model: tiny` built it
@@ -61,7 +61,7 @@ def test_hf_stage_on_the_tiny_captioner(tmp_path, shards, catalog):
     assert "truncated 8/8 (100.0%)" in row["quality"] and row["quality"].startswith("WARNING: ")
     assert recaption.progress(cat) == (8, 8)
 
-    again = recaption.run_stage(cat)  # a rerun redoes nothing
+    again = run_stage("recaption", cat)  # a rerun redoes nothing
     assert [r["status"] for r in again] == ["skipped", "skipped"]
 
 
@@ -70,7 +70,7 @@ def test_bad_input_is_flagged_not_dropped(tmp_path, shard, catalog, captioner_di
                                   "000000002": image(2)[: len(image(2)) * 2 // 3], "000000003": image(3)})
     shard(tmp_path, "shapes", 1, {})  # every download of this shard failed: an empty shard
     cat = catalog(tmp_path, str(captioner_dir))
-    results = recaption.run_stage(cat)
+    results = run_stage("recaption", cat)
     assert [(r["unit"], r["images"], r["captions"]) for r in results] == [("shapes/00000", 4, 2),
                                                                          ("shapes/00001", 0, 0)]
     assert results[0]["flags"]["undecodable_image"] == 2
@@ -110,7 +110,7 @@ def test_invalid_utf8_and_rejected_requests_from_a_server(tmp_path, shards, cata
 
     with ChatServer(backend, fault=fault) as srv:
         cat = catalog(tmp_path, "m", engine="openai", openai={"base_urls": [srv.url], "backoff_s": 0.01})
-        [result] = recaption.run_stage(cat)
+        [result] = run_stage("recaption", cat)
     got = {r["key"]: r for r in rows(tmp_path)}
     assert got["000000000"]["caption"] == "a red circle" and got["000000000"]["flags"] == ["invalid_text"]
     assert got["000000001"]["flags"] == ["request_rejected"] and got["000000001"]["caption"] is None
@@ -145,7 +145,7 @@ def test_missing_tar_index_is_a_clear_error(tmp_path, shards, catalog):
     (tmp_path / "shards" / "shapes" / "00000.idx.parquet").unlink()
     with pytest.raises(StageError, match=r"recaption shapes/00000: .*00000.idx.parquet is missing; rerun the "
                                          r"download stage"):
-        recaption.run_stage(catalog(tmp_path, "m"))
+        run_stage("recaption", catalog(tmp_path, "m"))
 
 
 @pytest.mark.slow
@@ -155,8 +155,8 @@ def test_sigkill_mid_stage_then_rerun_redoes_only_unfinished_shards(tmp_path, sh
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(cat.model_dump(mode="json")))
     outputs = [tmp_path / "captions" / "shapes" / f"{s:05d}.parquet" for s in range(3)]
-    code = ("import sys; from vora_core.catalog import load_catalog; from vora_core.caption.recaption import run_stage;"
-            "run_stage(load_catalog(sys.argv[1]))")
+    code = ("import sys; from vora_core.catalog import load_catalog; from vora_core.stages import run_stage;"
+            "run_stage('recaption', load_catalog(sys.argv[1]))")
     child = subprocess.Popen([sys.executable, "-c", code, str(path)], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -172,7 +172,7 @@ def test_sigkill_mid_stage_then_rerun_redoes_only_unfinished_shards(tmp_path, sh
     assert 1 <= len(done_before) < 3, "killed too late to test anything"
     mtimes = {o: o.stat().st_mtime_ns for o in done_before}
 
-    results = recaption.run_stage(cat)
+    results = run_stage("recaption", cat)
     statuses = [r["status"] for r in results]
     assert statuses == ["skipped"] * len(done_before) + ["done"] * (3 - len(done_before))
     assert {o: o.stat().st_mtime_ns for o in done_before} == mtimes  # finished shards untouched

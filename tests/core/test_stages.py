@@ -1,8 +1,8 @@
 import pytest
 
 from vora_core.errors import CatalogError
+from vora_core.stages import NAMES as STAGES
 from vora_core.stages import select_stages
-from vora_core.workdir import STAGES
 
 
 def test_selection():

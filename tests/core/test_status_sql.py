@@ -14,7 +14,7 @@ import duckdb
 import pytest
 import yaml
 
-from vora_core.workdir import STAGES
+from vora_core.stages import NAMES as STAGES
 
 pytestmark = pytest.mark.slow
 VORA = str(Path(sys.executable).with_name("vora"))

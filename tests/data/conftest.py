@@ -115,9 +115,9 @@ def make_catalog(tmp_path: Path, sources: dict, **download) -> Catalog:
 
 
 def run_download(catalog: Catalog) -> list[dict]:
-    from vora_core.data import download
+    from vora_core.stages import download
     from vora_core.workdir import run_unit_with_marker
 
     for unit in download.prepare_units(catalog):
-        run_unit_with_marker(unit, lambda u: download.run_prepare(catalog, u))
+        run_unit_with_marker(unit, lambda u: download.run_unit(catalog, u))
     return [run_unit_with_marker(u, lambda u: download.run_unit(catalog, u)) for u in download.plan(catalog)]

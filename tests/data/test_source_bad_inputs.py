@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.data.conftest import jpeg, make_catalog, png, rgb, run_download
-from vora_core.data import download
 from vora_core.errors import DataError
 from vora_core.manifest import open_manifest
+from vora_core.stages import download
 from vora_core.workdir import run_unit_with_marker
 
 
 def prepare(catalog):
-    return [run_unit_with_marker(u, lambda u: download.run_prepare(catalog, u)) for u in download.prepare_units(catalog)]
+    return [run_unit_with_marker(u, lambda u: download.run_unit(catalog, u)) for u in download.prepare_units(catalog)]
 
 
 def test_url_list_jsonl_broken_line_is_one_counted_reject(tmp_path):

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vora_core import merge_stage
 from vora_core.catalog import MergeSettings, parse_catalog
 from vora_core.errors import StageError
+from vora_core.model import merge_check
 from vora_core.model.merge import merge_lora
+from vora_core.stages import merge, run_stage
 from vora_core.workdir import read_marker
 
 
@@ -26,7 +27,7 @@ def _catalog(tmp_path: Path, pretrain: Path, **merge) -> object:
 
 def test_fp32_merge_passes_and_reruns_skip(tiny_eval, tmp_path):
     catalog = _catalog(tmp_path, tiny_eval["pretrain"])
-    [result] = merge_stage.run_stage(catalog)
+    [result] = run_stage("merge", catalog)
     out = catalog.run.stage_dir("merge")
     assert result["status"] == "done"
     assert result["max_abs_logit_diff"] <= 1e-5 and result["bound"] == 1e-5
@@ -35,13 +36,13 @@ def test_fp32_merge_passes_and_reruns_skip(tiny_eval, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["lora_rank"], config["distill"], config["teacher_config"]) == (0, "none", None)
     assert read_marker(out)["stats"]["max_abs_logit_diff"] == result["max_abs_logit_diff"]
-    [again] = merge_stage.run_stage(catalog)
+    [again] = run_stage("merge", catalog)
     assert again["status"] == "skipped"
-    assert merge_stage.summary(catalog)[0]["done"] is True
+    assert merge.summary(catalog)[0]["done"] is True
 
 
 def test_bf16_storage_within_its_measured_bound(tiny_eval, tmp_path):
-    stats = merge_stage.merge_and_check(tiny_eval["pretrain"], tmp_path / "merged",
+    stats = merge_check.merge_and_check(tiny_eval["pretrain"], tmp_path / "merged",
                                         MergeSettings(dtype="bfloat16"))
     assert stats["rounding_floor"] > 0  # rounding to bf16 does change the logits...
     assert stats["max_abs_logit_diff"] > 1e-5  # ...so the fp32 tolerance would not apply
@@ -64,11 +65,11 @@ def _lose_one_delta(src: Path, out: Path, dtype=None, overwrite=False) -> Path:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_corrupted_merge_fails_the_stage(tiny_eval, tmp_path, monkeypatch, dtype):
-    monkeypatch.setattr(merge_stage, "merge_lora", _lose_one_delta)
+    monkeypatch.setattr(merge_check, "merge_lora", _lose_one_delta)
     catalog = _catalog(tmp_path, tiny_eval["pretrain"], dtype=dtype)
     with pytest.raises(StageError, match=rf"merge: merged model differs from the unmerged one by .* above the "
                                          rf"bound .* for {dtype} storage; the merge is wrong"):
-        merge_stage.run_stage(catalog)
+        run_stage("merge", catalog)
     out = catalog.run.stage_dir("merge")
     assert not out.exists() and read_marker(out) is None  # nothing half-done is left in place
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".merged")] == []
@@ -77,4 +78,4 @@ def test_corrupted_merge_fails_the_stage(tiny_eval, tmp_path, monkeypatch, dtype
 def test_missing_pretrain_dir_is_a_clear_error(tmp_path):
     with pytest.raises(StageError, match=r"merge: .*nope is not a model directory \(no config.json\); run the "
                                          r"pretrain stage first or set merge.source"):
-        merge_stage.merge_command(str(tmp_path / "nope"), str(tmp_path / "out"))
+        merge.merge_command(str(tmp_path / "nope"), str(tmp_path / "out"))

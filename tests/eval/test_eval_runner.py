@@ -13,6 +13,7 @@ from vora_core.data.sources import COLOURS, SHAPES, connect, synthetic_rows
 from vora_core.errors import StageError
 from vora_core.eval import heldout, runner
 from vora_core.eval.formats import Sample, judge
+from vora_core.stages import evaluate, run_stage
 
 
 def _catalog(tmp_path: Path, model: Path, **evaluate):
@@ -74,9 +75,9 @@ def test_evaluate_stage_end_to_end(tmp_path, tiny_eval):
     catalog = _catalog(tmp_path, tiny_eval["vora"],
                        benchmarks=[{"name": "mine", "format": "jsonl", "path": str(bench_dir / "mine.jsonl")}])
 
-    units = runner.plan(catalog)
+    units = evaluate.plan(catalog)
     assert [u.id for u in units] == ["mine", "shapes-heldout-mc", "shapes-heldout-yesno", "shapes-heldout-short"]
-    results = runner.run_stage(catalog)
+    results = run_stage("evaluate", catalog)
     assert [r["status"] for r in results] == ["done"] * 4
     eval_dir = catalog.run.stage_dir("evaluate")
 
@@ -110,7 +111,7 @@ def test_evaluate_stage_end_to_end(tmp_path, tiny_eval):
     assert rejects[0]["detail"] == f"image not found: {bench_dir / 'missing.png'}"
     assert len(rejects) == mine["rejected"]
     # The stage's failures report: 2 rejected of 51 questions (48 held-out + 1 scored + 2 rejected).
-    report = runner.failure_report(catalog)
+    report = evaluate.failure_report(catalog)
     assert {k: report[k] for k in ("stage", "rows", "failed", "share", "view")} == {
         "stage": "evaluate", "rows": 51, "failed": 2, "share": 0.0392, "view": "eval/<benchmark>/rejects.parquet"}
     assert [(r["reason"], r["count"], r["share"], [(e["benchmark"], e["id"]) for e in r["examples"]])
@@ -126,13 +127,13 @@ def test_evaluate_stage_end_to_end(tmp_path, tiny_eval):
     assert summary["benchmarks"]["shapes-heldout-yesno"]["main"] == "f1"
 
     # Reruns skip; a setting that changes answers redoes every benchmark; batch size changes nothing.
-    assert [r["status"] for r in runner.run_stage(catalog)] == ["skipped"] * 4
+    assert [r["status"] for r in run_stage("evaluate", catalog)] == ["skipped"] * 4
     rebatched = _catalog(tmp_path, tiny_eval["vora"], batch_size=1,
                          benchmarks=[{"name": "mine", "format": "jsonl", "path": str(bench_dir / "mine.jsonl")}])
-    assert all(u.done for u in runner.plan(rebatched))
+    assert all(u.done for u in evaluate.plan(rebatched))
     longer = _catalog(tmp_path, tiny_eval["vora"], max_new_tokens=5)
-    assert not any(u.done for u in runner.plan(longer))
-    rows = runner.summary(catalog)
+    assert not any(u.done for u in evaluate.plan(longer))
+    rows = evaluate.summary(catalog)
     assert [r["done"] for r in rows] == [True] * 4
 
 
@@ -153,13 +154,13 @@ def test_batched_answers_equal_one_by_one(tmp_path, tiny_eval):
 def test_missing_model_fails_the_unit(tmp_path):
     catalog = _catalog(tmp_path, tmp_path / "no-model")
     _download_heldout(catalog)
-    unit = runner.plan(catalog)[0]
+    unit = evaluate.plan(catalog)[0]
     with pytest.raises(StageError, match=r"evaluate: model .*no-model not found; run the stage that writes it"):
-        runner.run_unit(catalog, unit)
+        evaluate.run_unit(catalog, unit)
 
 
 def test_duplicate_benchmark_names_are_refused(tmp_path):
     catalog = _catalog(tmp_path, tmp_path / "m", benchmarks=[
         {"name": "shapes-heldout-mc", "format": "jsonl", "path": "x.jsonl"}])
     with pytest.raises(StageError, match="benchmark name\\(s\\) shapes-heldout-mc used twice"):
-        runner.plan(catalog)
+        evaluate.plan(catalog)

@@ -34,12 +34,12 @@ PROBE = textwrap.dedent('''
     from vora_core.workdir import Unit
 
 
-    def run(catalog, unit):
+    def run_unit(catalog, unit, progress):
         Path(unit.params["started"]).touch()
         while not Path(unit.params["gate"]).exists():
             time.sleep(0.2)
         for step in range(1, 4):
-            report_progress(unit.params["progress"], 100.0 * step / 3)
+            report_progress(progress, 100.0 * step / 3)
         Path(unit.output).write_text("trained")
         return {"steps": 3}
 
@@ -49,8 +49,8 @@ PROBE = textwrap.dedent('''
         catalog = load_catalog(catalog_path)
         progress = best_effort("progress artifact", create_progress_artifact, 0.0, key="probe-steps")
         unit = Unit(stage="pretrain", id="probe", output=f"{run_dir}/final", fingerprint="fp-1",
-                    params={"progress": progress, "started": f"{run_dir}/started", "gate": f"{run_dir}/gate"})
-        return map_units(catalog, catalog_path, "probe", [unit], "probe_flow:run")
+                    params={"started": f"{run_dir}/started", "gate": f"{run_dir}/gate"})
+        return map_units(sys.modules[__name__], catalog, "probe", [unit], hooks={"progress": progress})
 
 
     if __name__ == "__main__":

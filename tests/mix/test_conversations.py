@@ -154,7 +154,7 @@ def test_fsspec_url_and_the_rejects_view(tmp_path):
     import fsspec
 
     from vora_core.manifest import open_manifest
-    from vora_core.mix import plan, run_unit
+    from vora_core.stages.mix import plan, run_unit
     from vora_core.workdir import run_unit_with_marker
 
     with fsspec.open("memory://texts/orca.jsonl", "wb") as f:

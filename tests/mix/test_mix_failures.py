@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.mix.conftest import rejecting_text_catalog
-from vora_core import mix
 from vora_core.catalog import load_catalog
+from vora_core.stages import mix
 from vora_core.workdir import run_unit_with_marker
 
 

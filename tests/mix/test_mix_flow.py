@@ -39,7 +39,7 @@ def test_download_recaption_mix(prefect_harness, tmp_path):
     from vora_core.eval.formats import prompt_text
     from vora_core.eval.heldout import KINDS, question_samples
     from vora_core.manifest import open_manifest
-    from vora_core.mix import summary
+    from vora_core.stages.mix import summary
     from vora_core.train.samples import read_mixture
 
     path = small_demo(tmp_path)

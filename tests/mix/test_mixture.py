@@ -11,9 +11,10 @@ from PIL import Image
 
 from vora_core.caption.recaption import SCHEMA as CAPTION_SCHEMA
 from vora_core.catalog import parse_catalog
+from vora_core.data.mixture import build_mixture, largest_remainder, mixture_table, permutation
 from vora_core.data.shards import ShardWriter
 from vora_core.errors import DataError
-from vora_core.mix import build_mixture, largest_remainder, mixture_table, permutation, plan, run_unit
+from vora_core.stages.mix import plan, run_unit
 from vora_core.workdir import RunDir
 
 # (source, key, sha, alt text, recaption, flags, side)

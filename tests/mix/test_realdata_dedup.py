@@ -11,9 +11,9 @@ from realdata import photos
 
 from vora_core.caption.recaption import SCHEMA as CAPTION_SCHEMA
 from vora_core.catalog import parse_catalog
+from vora_core.data.mixture import build_mixture
 from vora_core.data.shards import ShardWriter
 from vora_core.manifest import open_manifest
-from vora_core.mix import build_mixture
 
 NAMES = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
 

@@ -10,9 +10,10 @@ from realdata import photos
 from realdata.llava import write_llava
 
 from vora_core.catalog import parse_catalog
+from vora_core.data.mixture import build_mixture
 from vora_core.data.shards import ShardReader
 from vora_core.manifest import open_manifest
-from vora_core.mix import build_mixture, plan, run_unit
+from vora_core.stages.mix import plan, run_unit
 from vora_core.workdir import run_unit_with_marker
 
 

@@ -92,15 +92,13 @@ def make_catalog(tmp_path: Path):
 
 
 def run_stages(catalog) -> dict[str, list[dict]]:
-    from vora_core import mix
-    from vora_core.caption import recaption
-    from vora_core.data import download
+    from vora_core.stages import download, mix, run_stage
 
     catalog.write_lock()
-    prepared = [run_unit_with_marker(u, lambda u: download.run_prepare(catalog, u))
+    prepared = [run_unit_with_marker(u, lambda u: download.run_unit(catalog, u))
                 for u in download.prepare_units(catalog)]
     fetched = [run_unit_with_marker(u, lambda u: download.run_unit(catalog, u)) for u in download.plan(catalog)]
-    captioned = recaption.run_stage(catalog)
+    captioned = run_stage("recaption", catalog)
     mixed = [run_unit_with_marker(u, lambda u: mix.run_unit(catalog, u)) for u in mix.plan(catalog)]
     return {"prepare": prepared, "download": fetched, "recaption": captioned, "mix": mixed}
 

@@ -92,13 +92,13 @@ def test_merge_then_finetune_then_generate(pretrained):
     """What pretrain writes, merge reads; what merge writes, finetune reads; what finetune writes,
     evaluate and chat load."""
     from flows.train import finetune_flow
-    from vora_core import merge_stage
     from vora_core.eval.chat import generate
     from vora_core.eval.runner import model_dir
     from vora_core.model.modeling import load_vora
+    from vora_core.stages import run_stage
 
     catalog = load_catalog(pretrained)
-    [merged] = merge_stage.run_stage(catalog)
+    [merged] = run_stage("merge", catalog)
     assert merged["status"] == "done" and merged["max_abs_logit_diff"] <= 1e-5
     assert merged["source"] == str(catalog.run.stage_dir("pretrain") / "final")
 

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from train_world import World, vora_config
 
 from vora_core.catalog import MergeSettings, PretrainSettings
-from vora_core.merge_stage import merge_and_check
+from vora_core.model.merge_check import merge_and_check
 from vora_core.train.launch import launch
-from vora_core.train.stage import prepare_spec
+from vora_core.train.prepare import prepare_spec
 
 pytestmark = pytest.mark.slow
 

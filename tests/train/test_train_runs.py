@@ -18,7 +18,7 @@ from train_world import World, vora_config
 from vora_core.catalog import PretrainSettings
 from vora_core.train.launch import TrainingFailed, launch, torchrun_command
 from vora_core.train.metrics import read_metrics
-from vora_core.train.stage import prepare_spec
+from vora_core.train.prepare import prepare_spec
 
 pytestmark = pytest.mark.slow
 COMPARED = ("loss", "lm_loss", "distill", "distill_blocks", "grad_norm", "lr", "tokens", "samples", "epoch", "skipped")

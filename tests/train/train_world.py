@@ -117,7 +117,7 @@ def vora_config(world: World, transform: str = "square", **fields):
     from transformers import AutoTokenizer
 
     from vora_core.catalog import ModelSettings
-    from vora_core.train.stage import model_config, pretrain_fields
+    from vora_core.train.prepare import model_config, pretrain_fields
 
     settings = ModelSettings(**{"image_size": 32, "patch_size": 8, "lora_rank": 4, "transform": transform, **fields})
     tok = AutoTokenizer.from_pretrained(str(world.llm))

@@ -26,7 +26,7 @@ STAGE = "ablate"
 def prepare_shared(catalog: Catalog) -> dict[str, str]:
     """Build the pieces every variant shares once, before any variant runs: the tiny LLM with its
     tokenizer and the (pretrained) tiny teacher in <workdir>/models/."""
-    from vora_core.train.stage import build_tiny_models
+    from vora_core.train.prepare import build_tiny_models
 
     return {name: str(path) for name, path in build_tiny_models(catalog).items()}
 
@@ -37,10 +37,8 @@ def resolve_imports() -> None:
     module ("cannot import name 'AutoTokenizer'")."""
     import transformers
 
-    import vora_core.eval.runner
-    import vora_core.merge_stage
     import vora_core.model.modeling  # noqa: F401 - imported for its side effect
-    import vora_core.train.stage  # noqa: F401
+    import vora_core.stages  # noqa: F401
 
     for name in ("AutoConfig", "AutoTokenizer", "AutoImageProcessor", "AutoModel", "AutoModelForCausalLM",
                  "CLIPImageProcessor", "Aimv2VisionModel", "Aimv2VisionConfig", "DynamicCache",
@@ -50,7 +48,7 @@ def resolve_imports() -> None:
 
 def plan(catalog: Catalog, grid: Grid, only: list[str] | None = None) -> list[Unit]:
     """Write each variant's catalog and return one unit per variant, in the grid's order."""
-    from vora_core.train import stage as train_stage
+    from vora_core.stages import train
 
     resolve_imports()
     stages = check_stages(only)
@@ -58,7 +56,7 @@ def plan(catalog: Catalog, grid: Grid, only: list[str] | None = None) -> list[Un
     for name, variant in grid.variants.items():
         path = write_variant_catalog(catalog, name, variant)
         derived = load_catalog(path)
-        pretrain_fp = train_stage.plan(derived, "pretrain")[0].fingerprint
+        pretrain_fp = train.pretrain.plan(derived)[0].fingerprint
         dumped = derived.model_dump(mode="json")
         fp = fingerprint(STAGE, dumped, stages, pretrain_fp)
         units.append(Unit(stage=STAGE, id=name, output=str(variant_root(catalog, name) / "result.json"),
@@ -74,20 +72,16 @@ IN_PROCESS_MODELS = threading.Lock()
 
 def run_stages(derived: Catalog, stages: list[str], on_progress: Callable[[dict], None] | None = None) -> dict:
     """The variant's stages through the stage modules (each skips what its markers say is done)."""
-    from vora_core import merge_stage
-    from vora_core.eval import runner
-    from vora_core.train import stage as train_stage
+    from vora_core.stages import run_stage
+    from vora_core.train.spec import STAGES as TRAINING
 
     results: dict[str, list[dict]] = {}
     for stage in stages:
-        if stage in train_stage.STAGES:
-            results[stage] = train_stage.run_stage(derived, stage, on_progress=on_progress)
-        elif stage == "merge":
-            with IN_PROCESS_MODELS:
-                results[stage] = merge_stage.run_stage(derived)
+        if stage in TRAINING:
+            results[stage] = run_stage(stage, derived, on_progress=on_progress)
         else:
             with IN_PROCESS_MODELS:
-                results[stage] = runner.run_stage(derived)
+                results[stage] = run_stage(stage, derived)
         log.info("%s %s: %s", derived.name, stage, sorted({r["status"] for r in results[stage]}))
     return results
 

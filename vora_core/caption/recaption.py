@@ -9,7 +9,6 @@ writes `captions/<source>/<shard>.parquet` atomically; its completion marker fol
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,11 +23,10 @@ from vora_core.caption.engines import CaptionRequest, CaptionResult, get_engine
 from vora_core.caption.models import model_identity, resolve_model
 from vora_core.caption.prompts import choose_prompt
 from vora_core.catalog import Catalog, RecaptionSettings
-from vora_core.data.failures import failure_report as failure_report_of
 from vora_core.data.images import open_rgb
 from vora_core.data.shards import ShardReader, index_path
 from vora_core.errors import DataError, StageError, VoraError
-from vora_core.workdir import Unit, atomic_path, fingerprint, read_marker, run_unit_with_marker
+from vora_core.workdir import Unit, atomic_path, fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +60,14 @@ def settings_fingerprint(catalog: Catalog) -> str:
 _DIGESTS: dict[tuple, str] = {}
 
 
-def _shard_content(tar: Path) -> list:
+def shard_content(tar: Path) -> list:
     """The shard's identity: a hash of its row table (keys, statuses, per-image sha256) + the tar size.
     Memoised per (path, size, mtime) so status calls stay cheap."""
     rows = tar.with_suffix(".parquet")
     st = rows.stat()
     memo = (str(rows), st.st_size, st.st_mtime_ns)
     if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(rows, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[memo] = h.hexdigest()
+        _DIGESTS[memo] = sha256_file(rows)
     return [_DIGESTS[memo], tar.stat().st_size]
 
 
@@ -82,20 +76,6 @@ def shard_tars(catalog: Catalog, source: str) -> list[Path]:
     d = catalog.run.shards(source)
     return sorted(p.with_suffix(".tar") for p in d.glob("[0-9]*.parquet")
                   if p.stem.isdigit() and p.with_suffix(".tar").exists())
-
-
-def plan(catalog: Catalog) -> list[Unit]:
-    """One unit per complete shard of every source (deterministic, cheap, no side effects)."""
-    settings_fp = settings_fingerprint(catalog)
-    units = []
-    for source in catalog.sources:
-        provided = ["provided captions kept"] if _recaptioned(catalog, source) else []
-        for tar in shard_tars(catalog, source):
-            fp = fingerprint(settings_fp, _shard_content(tar), *provided)
-            out = catalog.run.captions(source) / f"{tar.stem}.parquet"
-            units.append(Unit(stage=STAGE, id=f"{source}/{tar.stem}", output=str(out), fingerprint=fp,
-                              params={"source": source, "shard": tar.stem, "tar": str(tar)}))
-    return units
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -144,7 +124,7 @@ def _caption_batch(engine, batch: list[CaptionRequest], settings: RecaptionSetti
     raise AssertionError("unreachable")
 
 
-def _recaptioned(catalog: Catalog, source: str) -> bool:
+def recaptioned(catalog: Catalog, source: str) -> bool:
     return bool(getattr(catalog.sources.get(source), "recaptioned", False))
 
 
@@ -157,7 +137,7 @@ def provided_captions(tar: Path) -> dict[str, str]:
             if c}
 
 
-def run_unit(catalog: Catalog, unit: Unit) -> dict:
+def caption_shard(catalog: Catalog, unit: Unit) -> dict:
     """Caption one shard; write `captions/<source>/<shard>.parquet` atomically; return its stats. A
     recaptioned source's images keep the caption they carry (engine `provided`): the model is loaded
     only for the images without one."""
@@ -167,7 +147,7 @@ def run_unit(catalog: Catalog, unit: Unit) -> dict:
     if not index_path(tar).exists():
         raise StageError(f"recaption {unit.id}: {index_path(tar)} is missing; rerun the download stage")
     _remove_stale_temporaries(Path(unit.output))
-    provided = provided_captions(tar) if _recaptioned(catalog, source) else {}
+    provided = provided_captions(tar) if recaptioned(catalog, source) else {}
     engine, model_name = None, settings.model
     started = time.perf_counter()
     rows: list[dict] = []
@@ -246,60 +226,7 @@ def _remove_stale_temporaries(output: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def run_stage(catalog: Catalog, force: bool = False) -> list[dict]:
-    """The stage without Prefect: every unit in order under its marker (what a flow task does)."""
-    return [run_unit_with_marker(u, lambda unit: run_unit(catalog, unit), force=force) for u in plan(catalog)]
-
-
 # -------------------------------------------------------------------------------------------- status
-
-
-def summary(catalog: Catalog) -> list[dict]:
-    """Per source: shards done / pending, images, captions, flags, throughput (from the markers)."""
-    units = plan(catalog)
-    rows = []
-    for source in catalog.sources:
-        mine = [u for u in units if u.params["source"] == source]
-        stats = [m["stats"] for u in mine if u.done and (m := read_marker(u.output))]
-        flags: Counter = Counter()
-        for s in stats:
-            flags.update(s.get("flags", {}))
-        seconds = sum(s.get("seconds") or 0 for s in stats)
-        images = sum(s.get("images", 0) for s in stats)
-        tokens = sum(s.get("tokens", 0) for s in stats)
-        rows.append({
-            "source": source, "shards_done": len(stats), "shards_pending": len(mine) - len(stats),
-            "images": images, "captions": sum(s.get("captions", 0) for s in stats),
-            "flags": dict(sorted(flags.items())),
-            "quality": flag_warning(flags, images, catalog.recaption.max_flag_share) or "ok",
-            "images_per_s": round(images / seconds, 2) if seconds else None,
-            "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-        })
-    return rows
-
-
-# The flags of an image without a caption (its `error` says why); every other flag marks a caption's quality.
-FAILURE_FLAGS = (quality.UNDECODABLE_IMAGE, quality.REQUEST_REJECTED)
-
-
-def failure_report(catalog: Catalog, examples: int = 5) -> dict:
-    """Images without a caption by reason (`FAILURE_FLAGS`): count, share of the images in the captioned
-    shards of the catalog's sources, and up to `examples` example rows each (the raw error included).
-    Quality flags (truncated, repetitive, ...) are no failures: `summary` warns about them."""
-    from vora_core.manifest import open_manifest
-
-    names = list(catalog.sources)
-    mine = f"source IN ({', '.join('?' * len(names))})"
-    con = open_manifest(catalog.run)
-    try:
-        rows = con.execute(f"SELECT count(*) FROM captions WHERE {mine}", names).fetchone()[0]
-        reason = " ".join(f"WHEN list_contains(flags, '{f}') THEN '{f}'" for f in FAILURE_FLAGS)
-        failed = (f"(SELECT *, CASE {reason} ELSE 'other' END AS reason "
-                  f"FROM captions WHERE {mine} AND error IS NOT NULL)")
-        return failure_report_of(con, STAGE, rows, failed, ("source", "shard", "key", "sample_id", "error"),
-                                 "source, shard, key", "captions", examples, names)
-    finally:
-        con.close()
 
 
 def flag_warning(flags: Counter | dict[str, int], images: int, max_share: float) -> str | None:
@@ -309,18 +236,6 @@ def flag_warning(flags: Counter | dict[str, int], images: int, max_share: float)
         return None
     listed = ", ".join(f"{f} {n}/{images} ({n / images:.1%})" for f, n in over)
     return f"WARNING: {listed} above recaption.max_flag_share={max_share:.0%}"
-
-
-def progress(catalog: Catalog, finished: str | None = None) -> tuple[int, int]:
-    """(images captioned, images in complete shards) over all sources; `finished` names a unit to
-    count as done although its marker is not written yet (a task reporting its own completion)."""
-    done = total = 0
-    for unit in plan(catalog):
-        n = shard_images(Path(unit.params["tar"]))
-        total += n
-        if unit.id == finished or unit.done:
-            done += n
-    return done, total
 
 
 def shard_images(tar: Path) -> int:
@@ -335,4 +250,4 @@ def shard_images(tar: Path) -> int:
     return len(set(keys.to_pylist()))
 
 
-__all__ = ["SCHEMA", "failure_report", "plan", "progress", "resolve_model", "run_stage", "run_unit", "shard_images", "summary"]
+__all__ = ["SCHEMA", "caption_shard", "flag_warning", "resolve_model", "shard_images", "shard_tars"]

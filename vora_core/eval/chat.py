@@ -22,21 +22,13 @@ from PIL import Image
 from vora_core.errors import DataError
 from vora_core.eval.formats import IMAGE, ImageRef
 from vora_core.eval.prompts import open_image
-from vora_core.eval.runner import Loaded, load_model
-
-_CACHE: dict[tuple, Loaded] = {}
+from vora_core.eval.runner import Loaded, cached_model
 
 
 def _loaded(model: str | Path | Loaded, dtype: str, device: str) -> Loaded:
     if isinstance(model, Loaded):
         return model
-    from vora_core.eval.runner import model_identity
-
-    key = (str(Path(model).resolve()), dtype, device, repr(model_identity(Path(model))))
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = load_model(model, dtype, device)
-    return _CACHE[key]
+    return cached_model(str(Path(model).resolve()), dtype, device)
 
 
 def _images(images: Sequence[ImageRef | Path | Image.Image]) -> list[Image.Image]:

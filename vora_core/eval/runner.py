@@ -1,10 +1,10 @@
-"""The evaluate stage: one unit per benchmark, greedy batched decoding, predictions and scores.
+"""The evaluate stage's mechanism (vora_core.stages.evaluate): greedy batched decoding, predictions, scores.
 
-Unit `<bench>` loads the benchmark (loaders / the demo's held-out builder), answers every question
+A unit `<bench>` loads the benchmark (loaders / the demo's held-out builder), answers every question
 with the model's cached greedy `generate` in batches of `batch_size` (questions sorted by length so
 a batch pads little), and writes `eval/<bench>/predictions.jsonl` (one line per question: prompt,
 answer, parsed answer, score) and `eval/<bench>/scores.json` into a directory that is renamed into
-place; its marker `eval/<bench>.done.json` follows. `write_summary` gathers `eval/summary.json`.
+place; its marker `eval/<bench>.done.json` follows. The stage's `finish` gathers `eval/summary.json`.
 Questions the loader could not use and images that do not decode are counted in `rejected` with
 their reasons, never scored and never dropped silently.
 """
@@ -26,24 +26,15 @@ import pyarrow.parquet as pq
 import torch
 
 from vora_core.catalog import Catalog
-from vora_core.data import failures
-from vora_core.errors import DataError, StageError
+from vora_core.errors import DataError
 from vora_core.eval import heldout
 from vora_core.eval.formats import Sample, judge, prompt_text, protocol_record, score_benchmark
 from vora_core.eval.loaders import Benchmark, load_benchmark
 from vora_core.eval.prompts import Encoded, PromptEncoder, left_pad, open_image
-from vora_core.workdir import (
-    Unit,
-    atomic_path,
-    atomic_write_json,
-    fingerprint,
-    read_marker,
-    run_unit_with_marker,
-)
+from vora_core.workdir import dir_identity
 
 log = logging.getLogger(__name__)
 
-STAGE = "evaluate"
 # Bump when prompts, parsing or scoring change: every benchmark is then redone.
 PROTOCOL_VERSION = 2
 MODEL_STAGES = {"finetune": ("finetune", "final"), "merged": ("merge", ""), "pretrain": ("pretrain", "final")}
@@ -225,57 +216,6 @@ def model_dir(catalog: Catalog) -> Path:
     return Path(choice)
 
 
-def model_identity(path: Path) -> list:
-    """What identifies a model directory cheaply: its stage marker's fingerprint when there is one,
-    else the names, sizes and modification times of its files."""
-    marker = read_marker(path)
-    if marker is not None:
-        return ["marker", marker.get("fingerprint")]
-    if not path.is_dir():
-        return ["missing", str(path)]
-    return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in path.iterdir() if p.is_file())
-
-
-def _data_identity(path: Path) -> list:
-    """Benchmark files' identity (top level only: image folders are too large to stat at plan time)."""
-    if path.is_file():
-        return [path.name, path.stat().st_size, path.stat().st_mtime_ns]
-    if path.is_dir():
-        return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in path.iterdir() if p.is_file())
-    return ["missing", str(path)]
-
-
-def benchmark_specs(catalog: Catalog) -> list[dict[str, Any]]:
-    """Every benchmark of the run: the catalog's list + the held-out benchmarks of synthetic sources."""
-    specs = [b.model_dump(mode="json") for b in catalog.evaluate.benchmarks]
-    if catalog.evaluate.heldout:
-        for name, src in catalog.sources.items():
-            if src.kind == "synthetic_shapes" and src.heldout > 0:
-                for kind in heldout.KINDS:
-                    specs.append({"name": f"{name}-heldout-{kind}", "format": "heldout", "source": name,
-                                  "kind": kind, "path": str(heldout.labels_path(catalog.run.sources(name)))})
-    names = [s["name"] for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise StageError(f"evaluate: benchmark name(s) {', '.join(dupes)} used twice; give each a unique name")
-    return specs
-
-
-def plan(catalog: Catalog) -> list[Unit]:
-    """One unit per benchmark (deterministic, cheap: benchmark files are only stat'ed)."""
-    settings = catalog.evaluate
-    model = model_dir(catalog)
-    common = {"protocol": PROTOCOL_VERSION, "model": model_identity(model), "max_new_tokens": settings.max_new_tokens,
-              "dtype": settings.dtype, "seed": catalog.seed}
-    units = []
-    for spec in benchmark_specs(catalog):
-        out = catalog.run.stage_dir(STAGE) / spec["name"]
-        fp = fingerprint(common, spec, _data_identity(Path(spec["path"])))
-        units.append(Unit(stage=STAGE, id=spec["name"], output=str(out), fingerprint=fp,
-                          params={"spec": spec, "model": str(model)}))
-    return units
-
-
 def load_spec(catalog: Catalog, spec: dict[str, Any]) -> Benchmark:
     if spec["format"] == "heldout":
         return heldout.build_heldout(spec["source"], catalog.run.sources(spec["source"]), spec["kind"], catalog.seed)
@@ -286,9 +226,9 @@ def load_spec(catalog: Catalog, spec: dict[str, Any]) -> Benchmark:
 _LOADED: dict[tuple, Loaded] = {}
 
 
-def _model_for(path: str, dtype: str, device: str) -> Loaded:
-    """Benchmarks run one after another in one worker: load the model once per process."""
-    key = (path, dtype, device, json.dumps(model_identity(Path(path))))
+def cached_model(path: str, dtype: str, device: str) -> Loaded:
+    """The one model cache of a process (evaluate's benchmarks, `vora chat`): the last model loaded."""
+    key = (path, dtype, device, json.dumps(dir_identity(Path(path))))
     loaded = _LOADED.get(key)
     if loaded is None:  # read once: a thread evaluating another model (`vora ablate --parallel`) may clear it
         loaded = load_model(path, dtype, device)
@@ -297,83 +237,3 @@ def _model_for(path: str, dtype: str, device: str) -> Loaded:
     return loaded
 
 
-def run_unit(catalog: Catalog, unit: Unit) -> dict:
-    settings = catalog.evaluate
-    model_path = Path(unit.params["model"])
-    if not (model_path / "config.json").exists():
-        raise StageError(f"evaluate: model {model_path} not found; run the stage that writes it "
-                         f"(evaluate.model = {settings.model!r}) or point evaluate.model at a model directory")
-    bench = load_spec(catalog, unit.params["spec"])
-    if not bench.samples:
-        raise StageError(f"evaluate {unit.id}: no usable questions ({len(bench.rejects)} rejected); check its files")
-    loaded = _model_for(str(model_path), settings.dtype, settings.device)
-    out = Path(unit.output)
-    with atomic_path(out) as tmp:
-        scores = evaluate_benchmark(loaded, bench, tmp, settings.batch_size, settings.max_new_tokens)
-    log.info("evaluate %s: %s = %s", unit.id, scores["main"], scores["value"])
-    keep = ("format", "main", "value", "scored", "rejected", "samples_per_s", "seconds")
-    return {k: scores[k] for k in keep} | {"questions": len(bench.samples) + len(bench.rejects)}
-
-
-def run_stage(catalog: Catalog, force: bool = False) -> list[dict]:
-    """The stage without Prefect: every benchmark under its marker, then the summary."""
-    results = [run_unit_with_marker(u, lambda unit: run_unit(catalog, unit), force=force) for u in plan(catalog)]
-    write_summary(catalog)
-    return results
-
-
-def write_summary(catalog: Catalog) -> Path:
-    """eval/summary.json: every finished benchmark's headline score (and where its files are)."""
-    rows = {}
-    for unit in plan(catalog):
-        scores_file = Path(unit.output) / "scores.json"
-        if unit.done and scores_file.exists():
-            s = json.loads(scores_file.read_text())
-            rows[unit.id] = {k: s.get(k) for k in ("format", "main", "value", "scored", "rejected")}
-    summary = {"model": str(model_dir(catalog)), "benchmarks": rows}
-    return atomic_write_json(catalog.run.stage_dir(STAGE) / "summary.json", summary)
-
-
-def summary(catalog: Catalog) -> list[dict]:
-    """Per benchmark: done or pending, the headline metric, counts and throughput (for status/artifacts)."""
-    rows = []
-    for unit in plan(catalog):
-        marker = read_marker(unit.output) if unit.done else None
-        stats = (marker or {}).get("stats", {})
-        rows.append({"benchmark": unit.id, "done": marker is not None, "format": stats.get("format"),
-                     "metric": stats.get("main"), "value": stats.get("value"), "scored": stats.get("scored"),
-                     "rejected": stats.get("rejected"), "samples_per_s": stats.get("samples_per_s")})
-    return rows
-
-
-def failure_report(catalog: Catalog, examples: int = 5) -> dict:
-    """The finished benchmarks' rejected questions by reason (`loaders.REASONS`, `bad_image` also for an
-    image that does not decode): count, share of the questions (scored + rejected, `filtered_*` left out:
-    they are not part of the benchmark) and up to `examples` example rows each; `filtered_*` counts are
-    listed as filters, as the download stage lists its sources' filters."""
-    import duckdb
-
-    tables, rows = [], 0
-    for unit in plan(catalog):
-        out = Path(unit.output)
-        if not (unit.done and (out / "rejects.parquet").exists()):
-            continue
-        table = pq.read_table(out / "rejects.parquet")
-        tables.append(table.append_column("benchmark", pa.array([unit.id] * table.num_rows, pa.string()))
-                      .append_column("row", pa.array(range(table.num_rows), pa.int64())))
-        rows += json.loads((out / "scores.json").read_text())["scored"]
-    schema = REJECTS_SCHEMA.append(pa.field("benchmark", pa.string())).append(pa.field("row", pa.int64()))
-    rejects = pa.concat_tables(tables) if tables else schema.empty_table()
-    con = duckdb.connect()
-    try:
-        con.register("eval_rejects", rejects)
-        filtered = dict(con.execute("SELECT reason, count(*) FROM eval_rejects WHERE starts_with(reason, 'filtered_') "
-                                    "GROUP BY reason ORDER BY reason").fetchall())
-        rows += rejects.num_rows - sum(filtered.values())
-        report = failures.failure_report(
-            con, STAGE, rows, "(SELECT * FROM eval_rejects WHERE NOT starts_with(reason, 'filtered_'))",
-            ("benchmark", "id", "detail"), "benchmark, row", "eval/<benchmark>/rejects.parquet", examples)
-    finally:
-        con.close()
-    extra = [{"reason": r, "count": n, "share": None, "examples": [], "filter": True} for r, n in filtered.items()]
-    return report | {"reasons": report["reasons"] + extra}

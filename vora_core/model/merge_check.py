@@ -1,6 +1,7 @@
-"""The merge stage: fold the pretrained LoRA into the LLM, then prove the merge with a probe batch.
+"""The merge stage's mechanism (vora_core.stages.merge): fold the pretrained LoRA into the LLM, then
+prove the merge with a probe batch.
 
-One unit. `vora_core.model.merge.merge_lora` writes the merged directory (fp32 math, streamed) under
+`vora_core.model.merge.merge_lora` writes the merged directory (fp32 math, streamed) under
 a temporary name; a fixed probe batch (seeded images + text, and a text-only row) then runs through
 the unmerged and the merged model, both loaded in float32, and the largest absolute logit difference
 over real (non-padding) positions is compared with the allowed bound:
@@ -29,16 +30,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vora_core.catalog import Catalog, MergeSettings
+from vora_core.catalog import MergeSettings
 from vora_core.errors import ModelError, StageError
 from vora_core.model.merge import merge_lora
-from vora_core.workdir import Unit, atomic_path, fingerprint, read_marker, run_unit_with_marker
+from vora_core.workdir import atomic_path
 
 log = logging.getLogger(__name__)
 
-STAGE = "merge"
-# Settings that change the merged weights or the verdict (device does not).
-OUTPUT_SETTINGS = ("dtype", "tolerance", "low_precision_factor", "probe_images", "probe_text", "probe_seed")
 
 
 # ------------------------------------------------------------------------------------------ probe
@@ -162,57 +160,3 @@ def merge_and_check(pretrain_dir: str | Path, out_dir: str | Path, settings: Mer
             )
     log.info("merge %s → %s: max |logit diff| %.3g ≤ %.3g", src, out, stats["max_abs_logit_diff"], stats["bound"])
     return {**stats, "source": str(src), "merge_seconds": round(merge_seconds, 3)}
-
-
-# ----------------------------------------------------------------------------------------- stage
-
-
-def source_dir(catalog: Catalog) -> Path:
-    return Path(catalog.merge.source) if catalog.merge.source else catalog.run.stage_dir("pretrain") / "final"
-
-
-def _identity(path: Path) -> list:
-    from vora_core.eval.runner import model_identity
-
-    return model_identity(path)
-
-
-def merge_unit(pretrain_dir: str | Path, out_dir: str | Path, settings: MergeSettings) -> Unit:
-    src = Path(pretrain_dir)
-    dumped = settings.model_dump(mode="json")
-    fp = fingerprint({k: dumped[k] for k in OUTPUT_SETTINGS}, _identity(src))
-    return Unit(stage=STAGE, id="merge", output=str(Path(out_dir)), fingerprint=fp,
-                params={"source": str(src), "settings": dumped})
-
-
-def plan(catalog: Catalog) -> list[Unit]:
-    return [merge_unit(source_dir(catalog), catalog.run.stage_dir(STAGE), catalog.merge)]
-
-
-def run_unit(catalog: Catalog, unit: Unit) -> dict:
-    return merge_and_check(unit.params["source"], unit.output, MergeSettings(**unit.params["settings"]))
-
-
-def run_stage(catalog: Catalog, force: bool = False) -> list[dict]:
-    """The stage without Prefect (what the flow's task does)."""
-    return [run_unit_with_marker(u, lambda unit: run_unit(catalog, unit), force=force) for u in plan(catalog)]
-
-
-def merge_command(pretrain_dir: str, out_dir: str, settings: MergeSettings | None = None,
-                  force: bool = False) -> dict:
-    """`vora merge PRETRAIN_DIR OUT_DIR`: the same unit outside a run (marker `<OUT_DIR>.done.json`)."""
-    unit = merge_unit(pretrain_dir, out_dir, settings or MergeSettings())
-    return run_unit_with_marker(unit, lambda u: merge_and_check(u.params["source"], u.output,
-                                                                MergeSettings(**u.params["settings"])), force=force)
-
-
-def summary(catalog: Catalog) -> list[dict]:
-    """One row: done or pending, the measured difference and its bound (for status and artifacts)."""
-    rows = []
-    for unit in plan(catalog):
-        stats = (read_marker(unit.output) or {}).get("stats", {}) if unit.done else {}
-        rows.append({"unit": unit.id, "done": bool(stats), "source": unit.params["source"],
-                     "output": unit.output, "dtype": unit.params["settings"]["dtype"],
-                     "max_abs_logit_diff": stats.get("max_abs_logit_diff"), "bound": stats.get("bound"),
-                     "seconds": stats.get("seconds")})
-    return rows

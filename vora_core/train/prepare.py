@@ -1,6 +1,6 @@
-"""The pretrain and finetune stages: one unit each (the training run), output `<stage>/final`.
+"""The training stages' mechanism (vora_core.stages.train): tiny models, model configs, run specs.
 
-run_unit:
+A training unit (vora_core.stages.train.run_unit):
 1. (pretrain, `model.llm: tiny`) build the demo's tiny models into `<workdir>/models/`: a byte-level
    BPE tokenizer trained on the run's own mixture text + a tiny Qwen2 (`models/llm`), and a tiny
    AIMv2 teacher (`models/teacher`, `model.teacher: tiny`). Built once (marker), reused after.
@@ -19,9 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import math
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +27,22 @@ from vora_core.catalog import Catalog, ModelSettings, SyntheticShapesSource, Tra
 from vora_core.errors import StageError
 from vora_core.train.metrics import read_metrics
 from vora_core.train.samples import SampleBuilder, build_index, mixture_files, read_mixture
-from vora_core.train.spec import RunSpec
+from vora_core.train.spec import STAGES, RunSpec
 from vora_core.train.transforms import RESIZE_OF, check_transform
 from vora_core.workdir import (
     RunDir,
     Unit,
     atomic_write_text,
+    dir_identity,
+    files_identity,
     fingerprint,
     is_done,
     read_marker,
-    run_unit_with_marker,
     write_marker,
 )
 
 log = logging.getLogger(__name__)
 
-STAGES = ("pretrain", "finetune")
 # Settings that do not change what is trained (where it runs, how often it saves).
 OPERATIONAL = ("num_workers", "checkpoint_every", "keep_last", "device", "cpu_threads", "rdzv_endpoint",
                "node_rank", "nnodes", "nproc_per_node", "strategy", "grad_checkpointing", "compile",
@@ -66,25 +64,7 @@ def mixture_dir(catalog: Catalog, stage: str) -> Path:
     return Path(s.mixture) if s.mixture else catalog.run.mixture(stage)
 
 
-def files_identity(paths: list[str | Path]) -> list:
-    out = []
-    for p in map(Path, paths):
-        st = p.stat()
-        out.append([p.name, st.st_size, st.st_mtime_ns])
-    return out
-
-
-def dir_identity(path: Path) -> list:
-    """A model directory: its stage marker's fingerprint when it has one, else its files."""
-    marker = read_marker(path)
-    if marker is not None:
-        return ["marker", marker.get("fingerprint")]
-    if not path.is_dir():
-        return ["missing", str(path)]
-    return files_identity(sorted(p for p in path.iterdir() if p.is_file()))
-
-
-def _is_tiny(name: str | None) -> bool:
+def is_tiny(name: str | None) -> bool:
     return name == "tiny"
 
 
@@ -109,7 +89,7 @@ def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
     t = m.tiny
     root = catalog.run.root / "models"
     out: dict[str, Path] = {}
-    if _is_tiny(m.llm):
+    if is_tiny(m.llm):
         llm_dir = root / "llm"
         dirs = [mixture_dir(catalog, s) for s in STAGES]
         present = [d for d in dirs if glob.glob(str(d / "part-*.parquet"))]
@@ -126,7 +106,7 @@ def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
                                intermediate_size=t.intermediate_size, seed=t.seed)
             write_marker(llm_dir, fp, {"texts": len(texts), "vocab": len(tokenizer)})
         out["llm"] = llm_dir
-    if _is_tiny(m.teacher):
+    if is_tiny(m.teacher):
         teacher_dir = root / "teacher"
         shapes = _teacher_pictures(catalog)
         fp = fingerprint("tiny-teacher", t.model_dump(), m.image_size, m.patch_size,
@@ -159,8 +139,8 @@ def model_paths(catalog: Catalog) -> tuple[str, str | None]:
     """(llm, teacher) names or directories, tiny ones resolved to <workdir>/models/."""
     m = catalog.model
     root = catalog.run.root / "models"
-    llm = str(root / "llm") if _is_tiny(m.llm) else m.llm
-    teacher = None if m.teacher is None else str(root / "teacher") if _is_tiny(m.teacher) else m.teacher
+    llm = str(root / "llm") if is_tiny(m.llm) else m.llm
+    teacher = None if m.teacher is None else str(root / "teacher") if is_tiny(m.teacher) else m.teacher
     return llm, teacher
 
 
@@ -264,35 +244,6 @@ def stage_model(catalog: Catalog, stage: str) -> tuple[dict[str, Any], str]:
     return {"init": "dir", "path": path}, path
 
 
-def plan(catalog: Catalog, stage: str) -> list[Unit]:
-    """One unit: the training run. Its fingerprint covers the settings that change the result, the
-    mixture files and the input models."""
-    settings = settings_of(catalog, stage).model_dump(mode="json")
-    trained = {k: v for k, v in settings.items() if k not in OPERATIONAL}
-    world = settings["nproc_per_node"] * settings["nnodes"]  # the data order depends on it
-    mix = mixture_dir(catalog, stage)
-    mix_id = files_identity(sorted(glob.glob(str(mix / "part-*.parquet"))))
-    if stage == "pretrain":
-        llm, teacher = model_paths(catalog)
-
-        def identity(name: str | None, path: str | None) -> Any:
-            # A tiny model is built by this stage from the settings (and, for the LLM's tokenizer, the
-            # mixtures' text): identify it by those, not by its directory, which the first run creates.
-            if _is_tiny(name):
-                return ["tiny", [files_identity(sorted(glob.glob(str(mixture_dir(catalog, s) / "part-*.parquet"))))
-                                 for s in STAGES] if path == llm else None]
-            return dir_identity(Path(path)) if path and Path(path).exists() else path
-
-        inputs = [catalog.model.model_dump(mode="json"), identity(catalog.model.llm, llm),
-                  identity(catalog.model.teacher, teacher)]
-    else:
-        path = Path(catalog.finetune.model or catalog.run.stage_dir("merge"))
-        inputs = [catalog.model.transform, catalog.model.attn_implementation, dir_identity(path)]
-    fp = fingerprint(stage, trained, world, mix_id, inputs)
-    out = catalog.run.stage_dir(stage) / "final"
-    return [Unit(stage=stage, id=stage, output=str(out), fingerprint=fp, params={"mixture": str(mix)})]
-
-
 def fresh_start_if_stale(out_dir: Path, unit: Unit) -> None:
     """Checkpoints resume only the run they belong to: when the unit's fingerprint changed (other
     settings, mixture or model) or the unit is forced (its marker still matches), the old checkpoints,
@@ -306,23 +257,6 @@ def fresh_start_if_stale(out_dir: Path, unit: Unit) -> None:
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ident, unit.fingerprint + "\n")
-
-
-def run_unit(catalog: Catalog, unit: Unit, on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Build the tiny models if asked, the sample index, then train under torchrun."""
-    stage = unit.stage
-    settings = settings_of(catalog, stage)
-    fresh_start_if_stale(catalog.run.stage_dir(stage), unit)
-    if stage == "pretrain":
-        build_tiny_models(catalog)
-    model, tokenizer_dir = stage_model(catalog, stage)
-    spec, index_stats = prepare_spec(stage, catalog.run.stage_dir(stage), unit.params["mixture"], catalog.run, model,
-                                     tokenizer_dir, settings, catalog.model.transform,
-                                     catalog.model.attn_implementation)
-    from vora_core.train.launch import launch
-
-    stats = launch(spec, on_progress=on_progress, run_id=f"{catalog.name}-{stage}")
-    return {**stats, **summarise(spec.metrics), "index": index_stats, "final": str(spec.final)}
 
 
 def summarise(metrics_path: Path) -> dict:
@@ -341,37 +275,3 @@ def summarise(metrics_path: Path) -> dict:
     }
 
 
-def run_stage(catalog: Catalog, stage: str, force: bool = False,
-              on_progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """The stage without Prefect (what the flow's task does)."""
-    return [run_unit_with_marker(u, lambda unit: run_unit(catalog, unit, on_progress), force=force)
-            for u in plan(catalog, stage)]
-
-
-def summary(catalog: Catalog, stage: str) -> list[dict]:
-    """One row per unit for status tables and artifacts."""
-    rows = []
-    for unit in plan(catalog, stage):
-        stats = (read_marker(unit.output) or {}).get("stats", {}) if unit.done else {}
-        live = summarise(catalog.run.stage_dir(stage) / "metrics.jsonl") if not stats else {}
-        rows.append({
-            "unit": unit.id, "done": bool(stats), "steps": stats.get("steps"), "tokens": stats.get("tokens"),
-            "samples": stats.get("samples"), "final_loss": _round(stats.get("final_loss", live.get("final_loss"))),
-            "final_lm_loss": _round(stats.get("final_lm_loss", live.get("final_lm_loss"))),
-            "final_distill": _round(stats.get("final_distill", live.get("final_distill"))),
-            "tokens_per_s": _round(stats.get("tokens_per_s", live.get("tokens_per_s")), 1),
-            "nan_steps": stats.get("nan_steps"), "seconds": stats.get("seconds"), "output": unit.output,
-        })
-    return rows
-
-
-def _round(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, digits)
-
-
-def pretrain_summary(catalog: Catalog) -> list[dict]:
-    return summary(catalog, "pretrain")
-
-
-def finetune_summary(catalog: Catalog) -> list[dict]:
-    return summary(catalog, "finetune")

@@ -1,7 +1,5 @@
-"""The mix stage: text sources → canonical conversations, then one training mixture per training stage.
-
-Units, in order: `text:<source>` (vora_core.data.text.ingest → `text/<source>/`), then
-`mixture:pretrain` and `mixture:finetune` (`mixture/<stage>/part-*.parquet` + `stats.json`).
+"""Training mixtures (the mix stage's mechanism, vora_core.stages.mix): `build_mixture` writes
+`mixture/<stage>/part-*.parquet` + `stats.json`.
 
 A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
 * caption samples: downloaded images of sufficient size with a caption under the policy (`recap` |
@@ -29,16 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from vora_core.catalog import Catalog, MixtureSettings
-from vora_core.data import failures
-from vora_core.data.conversations import TEXT_FORMAT
-from vora_core.data.download import OUTPUT_SETTINGS
 from vora_core.data.text_views import IMAGE_TURN_PREFIX, MESSAGES
 from vora_core.errors import DataError
-from vora_core.workdir import Unit, atomic_path, atomic_write_json, fingerprint, read_marker
+from vora_core.workdir import atomic_path, atomic_write_json, files_identity
 
 log = logging.getLogger(__name__)
 
-STAGE = "mix"
 MIXTURES = ("pretrain", "finetune")
 MIXTURE_FORMAT = 4  # in a mixture unit's fingerprint: a change rebuilds old runs' (4: no row without its image)
 
@@ -46,72 +40,9 @@ MIXTURE_FORMAT = 4  # in a mixture unit's fingerprint: a change rebuilds old run
 # ----------------------------------------------------------------------------------------- plan
 
 
-def _files(pattern: str) -> list[list]:
+def file_identities(pattern: str) -> list[list]:
     """(name, size, mtime) of the files matching `pattern` — a cheap identity of a unit's inputs."""
-    out = []
-    for f in sorted(glob.glob(pattern)):
-        st = Path(f).stat()
-        out.append([f, st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _text_inputs(catalog: Catalog, name: str) -> list:
-    src = catalog.text_sources[name]
-    if src.format == "shapes_vqa":
-        root = catalog.run.root
-        return [_files(str(root / "sources" / str(src.source) / "labels.parquet")),
-                _files(str(root / "shards" / str(src.source) / "*.parquet"))]
-    if src.path and "://" not in src.path:
-        p = Path(src.path)
-        pattern = str(p / "*") if p.is_dir() else src.path
-        images = [] if src.format != "llava" else [str(Path(src.image_dir or "").resolve())]
-        return [_files(pattern), images]
-    return [src.path]
-
-
-def text_unit(catalog: Catalog, name: str) -> Unit:
-    src = catalog.text_sources[name]
-    # llava images are decoded, resized and re-encoded with the download settings
-    images = {k: getattr(catalog.download, k) for k in OUTPUT_SETTINGS} if src.format == "llava" else None
-    fp = fingerprint("text", TEXT_FORMAT, src.model_dump(mode="json"), catalog.seed, catalog.mix.rows_per_part,
-                     _text_inputs(catalog, name), images)
-    return Unit(stage=STAGE, id=f"text:{name}", output=str(catalog.run.text(name)), fingerprint=fp,
-                params={"kind": "text", "name": name})
-
-
-def _marker_fp(path: Path) -> str | None:
-    marker = read_marker(path)
-    return marker.get("fingerprint") if marker else None
-
-
-def mixture_unit(catalog: Catalog, stage: str) -> Unit:
-    m: MixtureSettings = getattr(catalog.mix, stage)
-    root = catalog.run.root
-    captions = []
-    if m.captions is not None:
-        for source in caption_sources(catalog, m):
-            captions.append(_files(str(root / "shards" / source / "?????.parquet")))
-            if m.captions.policy != "alt":
-                captions.append(_files(str(root / "captions" / source / "*.parquet")))
-    texts = {name: text_unit(catalog, name).fingerprint for name in m.text}
-    fp = fingerprint("mixture", MIXTURE_FORMAT, stage, m.model_dump(mode="json"), captions, texts)
-    return Unit(stage=STAGE, id=f"mixture:{stage}", output=str(catalog.run.mixture(stage)), fingerprint=fp,
-                params={"kind": "mixture", "name": stage})
-
-
-def plan(catalog: Catalog) -> list[Unit]:
-    """Text units first (the mixtures read them), then one unit per configured mixture."""
-    configured = [s for s in MIXTURES if getattr(catalog.mix, s).captions is not None or getattr(catalog.mix, s).text]
-    return [text_unit(catalog, n) for n in catalog.text_sources] + [mixture_unit(catalog, s) for s in configured]
-
-
-def run_unit(catalog: Catalog, unit: Unit) -> dict:
-    if unit.params["kind"] == "text":
-        from vora_core.data.text import ingest
-
-        with atomic_path(unit.output) as tmp:
-            return ingest(catalog, unit.params["name"], Path(tmp))
-    return build_mixture(catalog, unit.params["name"], Path(unit.output))
+    return files_identity(sorted(glob.glob(pattern)), full_path=True)
 
 
 # -------------------------------------------------------------------------------------- mixture
@@ -414,41 +345,6 @@ def build_mixture(catalog: Catalog, stage: str, out_dir: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------------- summary
-
-
-def summary(catalog: Catalog) -> list[dict]:
-    """One row per unit: done or pending and its counts (for `vora status` and the table artifact);
-    a mixture's make-up is in `mixture_table`."""
-    rows = []
-    for unit in plan(catalog):
-        stats = (read_marker(unit.output) or {}).get("stats", {}) if unit.done else {}
-        row: dict[str, Any] = {"unit": unit.id, "done": unit.done, "rows": stats.get("rows")}
-        if unit.params["kind"] == "text":
-            row |= {"written": stats.get("written"), "rejected": stats.get("rejected"),
-                    "rejected_by_reason": ", ".join(f"{k}: {v}" for k, v in stats.get("rejected_by_reason", {}).items())}
-        else:
-            row |= {"written": stats.get("rows"), "rejected": None, "rejected_by_reason": None}
-        rows.append(row)
-    return rows
-
-
-def failure_report(catalog: Catalog, examples: int = 5) -> dict:
-    """The text sources' rejected rows by reason (`vora_core.data.conversations.REASONS`): count, share
-    of the rows read (written + rejected, over every text source of the catalog) and up to `examples`
-    example rows each (the reject's detail included)."""
-    from vora_core.manifest import open_manifest
-
-    names = list(catalog.text_sources)
-    mine = f"source IN ({', '.join('?' * len(names))})" if names else "false"
-    con = open_manifest(catalog.run)
-    try:
-        rows = con.execute(f"SELECT (SELECT count(*) FROM text WHERE {mine}) + (SELECT count(*) FROM "
-                           f"text_rejects WHERE {mine})", names * 2).fetchone()[0]
-        return failures.failure_report(con, STAGE, rows, f"(SELECT * FROM text_rejects WHERE {mine})",
-                                       ("source", "row", "id", "detail"), "source, row", "text_rejects",
-                                       examples, names)
-    finally:
-        con.close()
 
 
 def mixture_table(catalog: Catalog, stage: str) -> list[dict]:
