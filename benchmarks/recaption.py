@@ -1,10 +1,12 @@
 """Recaption engines' throughput, in one run.
 
     .venv/bin/python benchmarks/recaption.py [--images 64] [--max-new-tokens 16] [--batch-sizes 1,8,32]
-        [--repeats 2] [--threads 1,2] [--device cpu] [--dtype auto] [--requests 2000] [--concurrency 16,64] [--vllm-model NAME] [--skip hf,openai,vllm]
+        [--repeats 2] [--threads 1,2] [--device cpu] [--dtype auto] [--requests 2000] [--concurrency 16,64]
+        [--vllm-model NAME] [--skip hf,openai,vllm]
 
 (a) `hf` engine on the tiny captioner (this CPU): images/s and generated tokens/s per torch thread
-    count and batch size, and the ratio to the first (1 thread, batch 1) (the random captioner almost never stops early: tokens/image is printed).
+    count and batch size, and the ratio to the first (1 thread, batch 1) (the random captioner almost never
+    stops early: tokens/image is printed).
 (b) `openai` engine client overhead: requests/s against a local server (its own process) whose
     backend answers at once — the most the client can push through one process.
 (c) `vllm` engine (only where vllm is importable, i.e. a GPU environment): images/s, tokens/s.
@@ -37,7 +39,8 @@ def images(n: int, side: int = 112) -> list[tuple[Image.Image, bytes]]:
     for _ in range(n):
         img = Image.new("RGB", (side, side), tuple(rng.randrange(256) for _ in range(3)))
         x, y = rng.randrange(side // 2), rng.randrange(side // 2)
-        ImageDraw.Draw(img).ellipse([x, y, x + side // 3, y + side // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
+        ImageDraw.Draw(img).ellipse([x, y, x + side // 3, y + side // 3],
+                                    fill=tuple(rng.randrange(256) for _ in range(3)))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=90)
         out.append((img, buf.getvalue()))

@@ -134,9 +134,11 @@ def run(
 def ablate(
     catalog_path: Annotated[str, typer.Argument(metavar="CATALOG")],
     variants: Annotated[str | None, typer.Option(help="variants file (YAML); default: the paper's grid")] = None,
-    only: Annotated[list[str] | None, typer.Option(help="per-variant stage: pretrain, merge, finetune, evaluate")] = None,
+    only: Annotated[list[str] | None,
+                    typer.Option(help="per-variant stage: pretrain, merge, finetune, evaluate")] = None,
     parallel: Annotated[int, typer.Option(min=1, help="variants running at once")] = 1,
-    full_llm: Annotated[bool, typer.Option(help="add the full-LLM variant (no LoRA; the paper found it unstable)")] = False,
+    full_llm: Annotated[bool, typer.Option(
+        help="add the full-LLM variant (no LoRA; the paper found it unstable)")] = False,
 ) -> None:
     """Run the paper's ablation grid: every variant over the same data, then figures and a table."""
     from vora_core.ablation.variants import check_stages, load_grid

@@ -222,17 +222,11 @@ def map_units(
     return results
 
 
-def stage_outputs(catalog: Catalog, stage: str) -> Path:
-    """Where a stage writes its outputs in the run directory."""
-    named = {"download": "shards", "recaption": "captions", "mix": "mixture"}
-    return catalog.run.root / named[stage] if stage in named else catalog.run.stage_dir(stage)
-
-
 def publish_table(catalog: Catalog, stage: str, rows: list[dict], description: str,
                   outputs: Path | str | None = None, key: str | None = None) -> None:
-    """A table artifact (best effort); `outputs` (default: `stage_outputs`) is named in it."""
+    """A table artifact (best effort); `outputs` (default: `RunDir.outputs`) is named in it."""
     if rows:
-        where = outputs or stage_outputs(catalog, stage)
+        where = outputs or catalog.run.outputs(stage)
         best_effort(f"{stage} table artifact", create_table_artifact, rows,
                     key=key or artifact_key(catalog.name, stage), description=f"{description}; outputs: {where}")
 

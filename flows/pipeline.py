@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags
 
-from flows.common import StageName, publish_markdown, run_name, stage_outputs, unit_counts
+from flows.common import StageName, publish_markdown, run_name, unit_counts
 from flows.download import download_flow
 from flows.evaluate import evaluate_flow
 from flows.merge import merge_flow
@@ -81,7 +81,7 @@ def summary_markdown(catalog: Catalog, results: dict[str, Any]) -> str:
             lines.append(f"units: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
         else:
             lines.append("**failed** (see the stage's flow run)")
-        lines += ["", f"outputs: `{stage_outputs(catalog, stage)}`", ""]
+        lines += ["", f"outputs: `{catalog.run.outputs(stage)}`", ""]
         try:
             lines += markdown_table(STAGES[stage].summary(catalog))
         except Exception as e:  # reporting never fails the run

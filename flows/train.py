@@ -49,7 +49,8 @@ def train_flow_body(catalog_path: str, stage: str, force: bool) -> list[dict]:
                         hooks={"on_progress": step_progress(stage, progress)})
     publish_table(catalog, stage, train.summary(catalog),
                   f"{stage}: steps, tokens, final losses, tokens/s")
-    publish_markdown(catalog, f"{stage}-loss", png_markdown(f"{stage}: loss", catalog.run.stage_dir(stage) / "loss.png"),
+    publish_markdown(catalog, f"{stage}-loss",
+                     png_markdown(f"{stage}: loss", catalog.run.stage_dir(stage) / "loss.png"),
                      f"{stage}: loss curve")
     return results
 

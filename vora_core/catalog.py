@@ -86,8 +86,8 @@ class ParquetImagesSource(Strict):
     conversations_col: str | None = "conversations"
     recaptioned: bool = Field(
         False, description="the rows carry their recaption (the released VoRA recap parquet): the last assistant turn "
-        "of `conversations_col` is the image's caption, which the recaption stage keeps instead of captioning the image "
-        "again (an image without one is captioned)")
+        "of `conversations_col` is the image's caption, which the recaption stage keeps instead of captioning the "
+        "image again (an image without one is captioned)")
 
     @model_validator(mode="after")
     def _recaption_column(self) -> ParquetImagesSource:
@@ -153,7 +153,8 @@ DEFAULT_CAPTION_PROMPTS = [
     "Describe this image in detail.",
     "Write a detailed description of everything visible in this picture.",
     "What is shown in this image? Give a thorough description.",
-    "Provide a comprehensive caption for this image, covering the objects, their colours, the layout and the background.",
+    "Provide a comprehensive caption for this image, covering the objects, their colours, the layout and the "
+    "background.",
     "Describe the scene in this photo: the main subjects, their attributes, and the setting.",
     "Describe this image to someone who cannot see it, from the most prominent object to the small details.",
     "Give an elaborate account of the contents of this image, including any visible text.",
@@ -224,13 +225,15 @@ class RecaptionSettings(Strict):
     max_pixels: int = Field(
         200_704, gt=0, description="...and at most this many (448x448 = 256 image tokens); keep it capped"
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: fp32 on CPU, bf16 on GPU")
     device: str = Field("auto", description="hf engine: auto | cpu | cuda | cuda:N")
     cpu_threads: int | None = Field(
         None, gt=0, description="hf engine: torch threads while captioning (null: torch's default; 1 suits tiny models)"
     )
     batch_retries: int = Field(2, ge=0, description="a failing batch is retried this often before its shard fails")
-    unit_retries: int = Field(1, ge=0, description="Prefect retries (with backoff) of a failed shard; openai engine only (local engines fail deterministically)")
+    unit_retries: int = Field(1, ge=0, description="Prefect retries (with backoff) of a failed shard; openai engine "
+                              "only (local engines fail deterministically)")
     parallel_units: int = Field(1, gt=0, description="shards captioned at once")
     concurrency_limit: str | None = Field(
         "vora-gpu", description="Prefect global concurrency limit guarding GPU slots (none: unguarded)"
@@ -274,8 +277,10 @@ class MergeSettings(Strict):
     """Merge the pretrained LoRA into the LLM (fp32 math) and check the result with a probe batch."""
 
     source: str | None = Field(None, description="pretrained VoRA directory; default: <workdir>/pretrain/final")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="storage dtype of the merged weights")
-    tolerance: float = Field(1e-5, gt=0, description="float32 storage: allowed max |logit difference|, merged vs unmerged")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="storage dtype of the merged weights")
+    tolerance: float = Field(
+        1e-5, gt=0, description="float32 storage: allowed max |logit difference|, merged vs unmerged")
     low_precision_factor: float = Field(
         4.0, gt=0,
         description="bf16/fp16 storage: allowed difference = factor x the difference that rounding the unmerged "
@@ -301,7 +306,8 @@ class BenchmarkSettings(Strict):
     image_dir: str | None = Field(None, description="where its images are; default: the layout's usual place")
     split: str | None = Field(None, description="pope: category; mme: subtask; scienceqa: split (test); ai2d: test")
     limit: int | None = Field(None, gt=0, description="first N questions only (smoke runs)")
-    circular: bool | None = Field(None, description="mmbench: CircularEval over the circular copies the tsv holds (default on)")
+    circular: bool | None = Field(
+        None, description="mmbench: CircularEval over the circular copies the tsv holds (default on)")
 
 
 class EvaluateSettings(Strict):
@@ -312,7 +318,8 @@ class EvaluateSettings(Strict):
     heldout: bool = Field(True, description="add the held-out benchmarks of every synthetic_shapes source")
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(128, gt=0)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: fp32 on CPU, bf16 on GPU")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     max_failure_rate: float = Field(
         0.05, ge=0, le=1,

@@ -4,7 +4,8 @@
 parquet files are the data. The views name their files relative to the run directory, so a copied or
 moved run directory still opens: `open_manifest` points DuckDB's `file_search_path` at it (a DuckDB
 started in the run directory needs nothing). The same definitions are written as plain SQL to
-`manifest.sql`, which any DuckDB version can run from the run directory (`duckdb -init manifest.sql`). Base views read a glob of files (or are empty, with the right columns,
+`manifest.sql`, which any DuckDB version can run from the run directory (`duckdb -init manifest.sql`).
+Base views read a glob of files (or are empty, with the right columns,
 while no file exists yet); derived views are SQL over other views. Stages register their own views
 with `register_view`. One process at a time writes the file (DuckDB's own lock; we retry briefly).
 """
@@ -47,7 +48,8 @@ def register_view(view: View) -> View:
     return view
 
 
-def _empty(columns: dict[str, str]) -> str:
+def empty_select(columns: dict[str, str]) -> str:
+    """A typed query with no rows: a view's stand-in while it has no files."""
     return "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in columns.items()) + " LIMIT 0"
 
 
@@ -67,7 +69,7 @@ register_view(View(
                width::INTEGER AS width, height::INTEGER AS height,
                original_width::INTEGER AS original_width, original_height::INTEGER AS original_height, sha256
         FROM {src}""",
-    empty=_empty(SHARD_ROW_COLUMNS),
+    empty=empty_select(SHARD_ROW_COLUMNS),
 ))
 register_view(View(
     name="source_rejects",
@@ -75,7 +77,7 @@ register_view(View(
     select=r"""
         SELECT regexp_extract(filename, '(?:^|/)sources/([^/]+)/rejects\.parquet$', 1) AS source, row_id, url, reason
         FROM {src}""",
-    empty=_empty({"source": "VARCHAR", "row_id": "VARCHAR", "url": "VARCHAR", "reason": "VARCHAR"}),
+    empty=empty_select({"source": "VARCHAR", "row_id": "VARCHAR", "url": "VARCHAR", "reason": "VARCHAR"}),
 ))
 register_view(View(
     name="images",

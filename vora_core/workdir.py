@@ -209,6 +209,16 @@ class RunDir:
     def mixture(self, stage: str) -> Path:
         return self.root / "mixture" / stage
 
+    @property
+    def models(self) -> Path:
+        """Models a run builds and shares (the demo's tiny LLM, teacher and captioner)."""
+        return self.root / "models"
+
+    def outputs(self, stage: str) -> Path:
+        """Where a stage writes: shards/, captions/, mixture/, or its `stage_dir`."""
+        named = {"download": "shards", "recaption": "captions", "mix": "mixture"}
+        return self.root / named[stage] if stage in named else self.stage_dir(stage)
+
     def stage_dir(self, stage: str) -> Path:
         """pretrain/, merged/, finetune/, eval/."""
         return self.stages_root / {"merge": "merged", "evaluate": "eval"}.get(stage, stage)

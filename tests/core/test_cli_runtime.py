@@ -28,7 +28,8 @@ def env(**extra: str) -> dict[str, str]:
 
 def shapes_catalog(tmp_path: Path) -> Path:
     cat = tmp_path / "c.yaml"
-    cat.write_text(yaml.safe_dump({"name": "c", "workdir": "r", "sources": {"s": {"kind": "synthetic_shapes", "n": 4}}}))
+    cat.write_text(yaml.safe_dump({"name": "c", "workdir": "r",
+                                   "sources": {"s": {"kind": "synthetic_shapes", "n": 4}}}))
     return cat
 
 

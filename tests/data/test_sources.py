@@ -45,7 +45,8 @@ def test_url_list_formats_and_columns(tmp_path, fmt):
     catalog = make_catalog(tmp_path, {"web": {"kind": "url_list", "path": str(path), "url_col": "u",
                                               "caption_col": "c"}}, rows_per_unit=2, number_sample_per_shard=2)
     [stats] = prepare(catalog)
-    assert (stats["rows"], stats["partitions"], stats["rejected"], stats["input_rows"]) == (5, 3, {"duplicate url": 1}, 6)
+    assert (stats["rows"], stats["partitions"], stats["rejected"], stats["input_rows"]) == (
+        5, 3, {"duplicate url": 1}, 6)
     part = pq.read_table(catalog.run.sources("web") / "urls-00002.parquet").to_pylist()
     assert part == [{"row_id": "4", "url": "http://h/4.jpg", "caption": "cap 4"}]
     assert [u.id for u in download.plan(catalog)] == ["web/00000", "web/00001", "web/00002"]

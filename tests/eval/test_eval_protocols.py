@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.eval.conftest import png
-from vora_core.eval.formats import SHORT_SUFFIX, judge, prompt_text, score_benchmark
+from vora_core.data.questions import SHORT_SUFFIX, prompt_text
+from vora_core.eval.formats import judge, score_benchmark
 from vora_core.eval.loaders import Benchmark, load_benchmark
 
 

@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from vora_core.catalog import parse_catalog
+from vora_core.data.questions import Sample
 from vora_core.data.sources import COLOURS, SHAPES, connect, synthetic_rows
 from vora_core.errors import StageError
 from vora_core.eval import heldout, runner
-from vora_core.eval.formats import Sample, judge
+from vora_core.eval.formats import judge
 from vora_core.stages import evaluate, run_stage
 
 
@@ -51,7 +52,8 @@ def test_heldout_questions_follow_the_labels(tmp_path, tiny_eval):
         assert yes.question == f"Is there a {row['colour']} {row['shape']} in the image?"
         assert no.question != yes.question
         asked = [(s.question, s.answer) for s in short.samples if s.id.startswith(row["row_id"] + "/")]
-        assert asked == [("What colour is the shape?", row["colour"]), ("What shape is shown in the image?", row["shape"]),
+        assert asked == [("What colour is the shape?", row["colour"]),
+                         ("What shape is shown in the image?", row["shape"]),
                          ("Where is the shape in the image?", row["position"]),
                          ("What colour is the background?", row["background"])]
     assert [s.meta["category"] for s in yn.samples[:4]] == ["colour", "colour", "shape", "shape"]

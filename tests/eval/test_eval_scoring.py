@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from vora_core.data.questions import MC_SUFFIX, SHORT_SUFFIX, Sample, prompt_text
 from vora_core.eval import scoring
-from vora_core.eval.formats import MC_SUFFIX, SHORT_SUFFIX, Sample, judge, prompt_text, score_benchmark
+from vora_core.eval.formats import judge, score_benchmark
 
 # ------------------------------------------------------------------------------ VQA normalisation
 

@@ -143,7 +143,8 @@ def run_until(catalog: Path, ready, until: str, timeout: float = 600) -> subproc
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)  # its own embedded server, like a user's run
     log = catalog.with_suffix(".log").open("w")
-    proc = subprocess.Popen([VORA, "run", str(catalog), "--until", until], env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([VORA, "run", str(catalog), "--until", until], env=env, stdout=log,
+                            stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
     while not ready():

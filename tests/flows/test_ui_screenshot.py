@@ -15,7 +15,8 @@ spec.loader.exec_module(ui)
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(ui.find_browser() is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(ui.find_browser() is None,
+                       reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]
 
 

@@ -197,7 +197,8 @@ def test_llava_malformed_rows_and_shared_images(tmp_path):
         (2, "bad_image"), (3, "image_count_mismatch"), (4, "first_turn_not_user"), (6, "malformed")]
     assert stats["rows"] == stats["written"] + stats["rejected"] == 7
     shard_rows = pq.read_table(c.run.shards("l") / "00000.parquet").to_pylist()
-    assert [(r["row_id"], r["status"]) for r in shard_rows] == [("a.png", "success"), ("broken.png", "failed_to_decode")]
+    assert [(r["row_id"], r["status"]) for r in shard_rows] == [("a.png", "success"),
+                                                               ("broken.png", "failed_to_decode")]
 
 
 def test_non_utf8_json_array_is_a_clear_error(tmp_path):

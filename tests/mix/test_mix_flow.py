@@ -36,8 +36,7 @@ def test_download_recaption_mix(prefect_harness, tmp_path):
     from flows.mix import mix_flow
     from flows.recaption import recaption_flow
     from vora_core.catalog import load_catalog
-    from vora_core.eval.formats import prompt_text
-    from vora_core.eval.heldout import KINDS, question_samples
+    from vora_core.data.questions import KINDS, prompt_text, question_samples
     from vora_core.manifest import open_manifest
     from vora_core.stages.mix import summary
     from vora_core.train.samples import read_mixture

@@ -131,7 +131,8 @@ def test_exact_weights_and_repeats(tmp_path):
         ("total", "pretrain", 36, "100.0%"), ("caption funnel", "images", 6, None),
         ("caption funnel", "too_small", 0, None), ("caption funnel", "no_caption", 2, None),
         ("caption funnel", "duplicates", 1, None), ("caption funnel", "used", 3, None)]
-    assert sum(r["est_tokens"] for r in mixture_table(c, "pretrain")[:3]) == mixture_table(c, "pretrain")[3]["est_tokens"]
+    table = mixture_table(c, "pretrain")
+    assert sum(r["est_tokens"] for r in table[:3]) == table[3]["est_tokens"]
     fine = rows(c, "finetune")
     assert sum(r["weight_source"] == "t1" for r in fine) == 25 and sum(r["weight_source"] == "t2" for r in fine) == 4
     t1 = [r["sample_id"] for r in fine if r["weight_source"] == "t1"]

@@ -45,7 +45,8 @@ def write_source(run, source: str, captions: dict[str, str]) -> None:
 def mixture(tmp_path, web: dict[str, str], recap: dict[str, str], policy: str = "recap"):
     c = parse_catalog({
         "name": "d", "workdir": str(tmp_path / "run"),
-        "sources": {"web": {"kind": "url_list", "path": "x.parquet"}, "recap": {"kind": "url_list", "path": "y.parquet"}},
+        "sources": {"web": {"kind": "url_list", "path": "x.parquet"},
+                    "recap": {"kind": "url_list", "path": "y.parquet"}},
         "mix": {"pretrain": {"captions": {"policy": policy}}, "finetune": {"captions": None}},
     })
     run = c.run.ensure()

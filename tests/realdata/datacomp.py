@@ -33,7 +33,8 @@ def write_datacomp(folder: Path, photos: dict[str, tuple[str, bytes]], missing_u
         rows.append({
             "uid": hashlib.md5(name.encode()).hexdigest(), "url": url, "text": TEXTS[i % len(TEXTS)],
             "original_width": 1024 - 37 * i, "original_height": 683 + 11 * i,
-            "clip_b32_similarity_score": round(0.21 + 0.013 * i, 6), "clip_l14_similarity_score": round(0.19 + 0.011 * i, 6),
+            "clip_b32_similarity_score": round(0.21 + 0.013 * i, 6),
+            "clip_l14_similarity_score": round(0.19 + 0.011 * i, 6),
             "face_bboxes": [[0.31, 0.12, 0.58, 0.49]] if name == "astronaut" else [],
             "sha256": hashlib.sha256(body).hexdigest(),
         })

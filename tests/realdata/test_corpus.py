@@ -127,7 +127,8 @@ def test_download_recaption_mix_over_the_real_schemas(tmp_path, photo_server):
     con = open_manifest(catalog.run)
     try:
         failures = con.execute("SELECT source, row_id, status, error FROM download_failures ORDER BY ALL").fetchall()
-        images = dict(con.execute("SELECT source, count(*) FROM images WHERE status = 'success' GROUP BY ALL").fetchall())
+        images = dict(con.execute(
+            "SELECT source, count(*) FROM images WHERE status = 'success' GROUP BY ALL").fetchall())
         image_ids = {r[0] for r in con.execute("SELECT sample_id FROM images WHERE status = 'success'").fetchall()}
         alt = dict(con.execute("SELECT row_id, alt_text FROM images WHERE source = 'gldv2'").fetchall())
         recap_ids = dict(con.execute("SELECT sample_id, row_id FROM images WHERE source = 'vora_recap'").fetchall())

@@ -39,7 +39,8 @@ def test_labels_system_multiturn_several_images(tokenizer):
         {"role": "assistant", "content": "The second one is blue and the third is green."},
     ]
     seq = enc.encode(messages, [4, 6, 2])
-    assert labelled_text(tokenizer, seq) == ["Red.<|im_end|>", "The second one is blue and the third is green.<|im_end|>"]
+    assert labelled_text(tokenizer, seq) == ["Red.<|im_end|>",
+                                             "The second one is blue and the third is green.<|im_end|>"]
     # Three images, each wrapped in vision start/end, runs of exactly 4, 6, 2 placeholders, never labelled.
     assert seq.num_images == 3
     for (start, end), n in zip(seq.image_spans, [4, 6, 2], strict=True):

@@ -69,14 +69,6 @@ class Engine(Protocol):
 # ----------------------------------------------------------------------------------------------- hf
 
 
-def _torch_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, dtype)
-
-
 @contextlib.contextmanager
 def _threads(n: int | None):
     """torch's intra-op threads set to `n` for a while (restored after: other stages share the process).
@@ -106,21 +98,20 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, settings: RecaptionSettings, model_path: str):
-        import torch
         from transformers import AutoModelForImageTextToText, AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        from vora_core.model.device import resolve_device, resolve_dtype
 
         self.settings = settings
         self.model = model_path
         self.batch_size = settings.batch_size
-        device = settings.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(settings.device))
         self.device = device
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
             self.net = AutoModelForImageTextToText.from_pretrained(
-                model_path, dtype=_torch_dtype(settings.dtype, device)
+                model_path, dtype=resolve_dtype(settings.dtype, device)
             ).to(device).eval()
         except OSError as e:
             raise ModelError(

@@ -17,7 +17,7 @@ TINY = "tiny"
 
 
 def tiny_model_dir(catalog: Catalog) -> Path:
-    return catalog.run.root / "models" / "captioner"
+    return catalog.run.models / "captioner"
 
 
 def build_tiny_captioner(out: str | Path, tiny: TinyCaptionerSettings, seed: int = 0) -> Path:

@@ -4,7 +4,8 @@
 A mixture is DuckDB SQL over the manifest's views — no Python loop over rows:
 * caption samples: downloaded images of sufficient size with a caption under the policy (`recap` |
   `alt` | `recap_or_alt`) not carrying an excluded flag, one per sha256 across sources (of the copies
-  with such a caption, the one with the smallest hash(sample_id)), and a prompt chosen per sample by hash(seed, sample_id) from the
+  with such a caption, the one with the smallest hash(sample_id)), and a prompt chosen per sample by
+  hash(seed, sample_id) from the
   catalog's list; written in batches of shards (one part each) so the captions join never spills;
 * text/VQA sources by `repeat` (a factor on the source's rows) or `weight` (a share of the final
   mixture). Counts are exact integers. A fractional copy takes the rows whose rank under a seeded

@@ -178,8 +178,7 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
 def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
     """Per downloaded training image, `draws` multi-turn conversations asking every held-out question
     kind in a seeded order; the first turn holds the image."""
-    from vora_core.eval.formats import prompt_text
-    from vora_core.eval.heldout import KINDS, question_samples
+    from vora_core.data.questions import KINDS, prompt_text, question_samples
     from vora_core.manifest import open_manifest
 
     name = src.source or ""

@@ -3,19 +3,15 @@
 
 from __future__ import annotations
 
-from vora_core.manifest import View, register_view
+from vora_core.manifest import View, empty_select, register_view
 
 MESSAGES = "STRUCT(role VARCHAR, content VARCHAR)[]"
-
-
-def _empty(columns: dict[str, str]) -> str:
-    return "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in columns.items()) + " LIMIT 0"
 
 
 def _complete(columns: dict[str, str], src: str) -> str:
     """`src` with every one of `columns`, NULL where its files lack one (files an older version wrote: the
     views must open so that the stage can rebuild them)."""
-    return f"(SELECT * FROM ({_empty(columns)}) UNION ALL BY NAME SELECT * FROM {src})"
+    return f"(SELECT * FROM ({empty_select(columns)}) UNION ALL BY NAME SELECT * FROM {src})"
 
 
 TEXT_COLUMNS = {"sample_id": "VARCHAR", "source": "VARCHAR", "idx": "BIGINT", "image": "VARCHAR",
@@ -24,13 +20,14 @@ register_view(View(
     name="text",
     pattern="text/*/part-*.parquet",
     select=f"SELECT {', '.join(TEXT_COLUMNS)} FROM " + _complete(TEXT_COLUMNS, "{src}"),
-    empty=_empty(TEXT_COLUMNS),
+    empty=empty_select(TEXT_COLUMNS),
 ))
 register_view(View(
     name="text_rejects",
     pattern="text/*/rejects.parquet",
     select="SELECT source, row, id, reason, detail FROM {src}",
-    empty=_empty({"source": "VARCHAR", "row": "BIGINT", "id": "VARCHAR", "reason": "VARCHAR", "detail": "VARCHAR"}),
+    empty=empty_select({"source": "VARCHAR", "row": "BIGINT", "id": "VARCHAR", "reason": "VARCHAR",
+                        "detail": "VARCHAR"}),
 ))
 # A mixture part's row references its text (nothing is copied: at paper scale copying 30M captions and
 # 6.4M conversations would be nearly all of the mix stage's time and disk): a text or VQA row by
@@ -73,7 +70,7 @@ register_view(View(
     select=r"""
         SELECT regexp_extract(filename, '(?:^|/)mixture/([^/]+)/[^/]+\.parquet$', 1) AS stage, * EXCLUDE (filename)
         FROM """ + complete_parts_sql("{src}"),
-    empty=_empty({"stage": "VARCHAR", **MIXTURE_COLUMNS}),
+    empty=empty_select({"stage": "VARCHAR", **MIXTURE_COLUMNS}),
 ))
 register_view(View(
     name="mixture",

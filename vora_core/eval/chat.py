@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vora_core.data.conversations import IMAGE
+from vora_core.data.questions import ImageRef
 from vora_core.errors import DataError
-from vora_core.eval.formats import IMAGE, ImageRef
 from vora_core.eval.prompts import open_image
 from vora_core.eval.runner import Loaded, cached_model
 

@@ -20,43 +20,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from vora_core.data.questions import Sample
 from vora_core.eval import scoring
-
-FORMATS = ("mc", "yesno", "vqa", "short", "mme")
-MC_SUFFIX = "Answer with the option's letter from the given choices directly."
-SHORT_SUFFIX = "Answer the question using a single word or phrase."
-IMAGE = "<image>"
-
-# An image is a file path or the encoded bytes of an image file (MMBench ships base64 in its tsv).
-ImageRef = str | bytes
-
-
-@dataclass
-class Sample:
-    """One benchmark question. `answer`: mc → letter; yesno/mme → "yes"/"no"; vqa → list of human
-    answers; short → an answer or a list of accepted answers. `meta` keeps what scoring groups by
-    (`category`, MME `subtask` and `image`, CircularEval `group`) and anything worth keeping in the
-    predictions file."""
-
-    id: str
-    format: str
-    question: str
-    images: list[ImageRef]
-    answer: str | list[str]
-    options: list[str] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"sample {self.id}: unknown format {self.format!r}; formats are {FORMATS}")
-        if self.format == "mc" and not self.options:
-            raise ValueError(f"sample {self.id}: a multiple-choice sample needs options")
-
-
-MME_INSTRUCTION = "Please answer yes or no."
 
 
 @dataclass(frozen=True)
@@ -113,20 +81,6 @@ def protocol_record(fmt: str, protocol: str | None) -> dict[str, str]:
     """What scores.json keeps about the protocol: its name, parsing rule and reference."""
     name = protocol_for(fmt, protocol)
     return {"name": name, **asdict(PROTOCOLS[name])}
-
-
-def prompt_text(sample: Sample) -> str:
-    """The user turn: one `<image>` line per image, the question, options, and the format's suffix.
-    MME's own "Please answer yes or no." is replaced by the short-answer suffix, as LLaVA-1.5 runs MME."""
-    parts = [IMAGE] * len(sample.images)
-    if sample.format == "mc":
-        options = "\n".join(f"{scoring.LETTERS[i]}. {opt}" for i, opt in enumerate(sample.options or []))
-        parts += [sample.question, options, MC_SUFFIX]
-    elif sample.format == "mme":
-        parts += [sample.question.replace(MME_INSTRUCTION, "").strip(), SHORT_SUFFIX]
-    else:
-        parts += [sample.question, SHORT_SUFFIX]
-    return "\n".join(p for p in parts if p)
 
 
 # ---------------------------------------------------------------------------------------- scoring
@@ -225,7 +179,8 @@ def score_benchmark(fmt: str, samples: Sequence[Sample], verdicts: Sequence[dict
         return _score_mc(samples, verdicts, values) | recorded
     if fmt == "mme":
         scores = scoring.mme_scores(
-            (s.meta["subtask"], s.meta["image"], v["parsed"], str(s.answer)) for s, v in zip(samples, verdicts, strict=True)
+            (s.meta["subtask"], s.meta["image"], v["parsed"], str(s.answer))
+            for s, v in zip(samples, verdicts, strict=True)
         )
         # The paper's MME figure is the perception score; cognition is reported beside it.
         return {"main": "perception", "value": scores["perception"], "n": len(samples), **scores} | recorded

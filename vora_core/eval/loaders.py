@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vora_core.data.questions import LETTERS, Sample
 from vora_core.errors import DataError
-from vora_core.eval.formats import Sample
-from vora_core.eval.scoring import LETTERS
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Turn a question with images into model inputs: chat template, image placeholders, pixels.
 
-The user turn's text holds one literal `<image>` per image (formats.prompt_text). The chat template
+The user turn's text holds one literal `<image>` per image (vora_core.data.questions.prompt_text). The chat template
 renders the conversation with the generation prompt; each `<image>` then becomes
 `<|vision_start|>` + `<|image_pad|>` × num_image_tokens(h, w) + `<|vision_end|>` (the start/end
 markers only when the tokenizer has them), and each image becomes a normalised [3, H, W] tensor on
@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from vora_core.data.conversations import IMAGE
 from vora_core.data.images import open_rgb
+from vora_core.data.questions import ImageRef
 from vora_core.errors import DataError
-from vora_core.eval.formats import IMAGE, ImageRef
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 

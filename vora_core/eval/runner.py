@@ -26,11 +26,13 @@ import pyarrow.parquet as pq
 import torch
 
 from vora_core.catalog import Catalog
+from vora_core.data.questions import Sample, prompt_text
 from vora_core.errors import DataError
 from vora_core.eval import heldout
-from vora_core.eval.formats import Sample, judge, prompt_text, protocol_record, score_benchmark
+from vora_core.eval.formats import judge, protocol_record, score_benchmark
 from vora_core.eval.loaders import Benchmark, load_benchmark
 from vora_core.eval.prompts import Encoded, PromptEncoder, left_pad, open_image
+from vora_core.model.device import resolve_device, resolve_dtype
 from vora_core.workdir import dir_identity
 
 log = logging.getLogger(__name__)
@@ -38,21 +40,6 @@ log = logging.getLogger(__name__)
 # Bump when prompts, parsing or scoring change: every benchmark is then redone.
 PROTOCOL_VERSION = 2
 MODEL_STAGES = {"finetune": ("finetune", "final"), "merged": ("merge", ""), "pretrain": ("pretrain", "final")}
-
-
-# -------------------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
 
 
 # ------------------------------------------------------------------------------------ prediction

@@ -19,6 +19,8 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from vora_core.data.questions import LETTERS
+
 # ------------------------------------------------------------------------------- VQA normalisation
 
 # The official VQA evaluation's rules (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py).
@@ -222,7 +224,6 @@ def mme_scores(records: Iterable[tuple[str, str, str, str]]) -> dict:
 
 # ----------------------------------------------------------------------------------- multiple choice
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LLAVA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")  # the `.` is any character, as in LLaVA's script
 
 

@@ -95,7 +95,8 @@ class ShardWriter:
         expected_name, nbytes = self.expected[self.index]
         if name != expected_name:
             raise RuntimeError(f"shard writer expected {expected_name}, got {name}")
-        data = tensor.contiguous().view(torch.uint8).reshape(-1) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+        data = (tensor.contiguous().view(torch.uint8).reshape(-1) if tensor.numel()
+                else torch.empty(0, dtype=torch.uint8))
         if data.numel() != nbytes:
             raise RuntimeError(f"{name}: {data.numel()} bytes written, {nbytes} declared")
         self.file.write(memoryview(data.numpy()))

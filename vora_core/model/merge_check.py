@@ -109,7 +109,7 @@ def _round_weights(model, dtype: torch.dtype) -> None:
 
 def check_merge(pretrain_dir: Path, merged_dir: Path, settings: MergeSettings) -> dict[str, Any]:
     """Probe the unmerged and merged models; the stats, with `passed` and the `bound` used."""
-    from vora_core.eval.runner import resolve_device
+    from vora_core.model.device import resolve_device
     from vora_core.model.modeling import load_vora
 
     device = resolve_device(settings.device)

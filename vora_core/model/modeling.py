@@ -296,9 +296,11 @@ def _llm_eps(config: VoRAConfig) -> float:
 
 def _load(auto_cls, name_or_path: str | Path, dtype: torch.dtype | None, attn_implementation: str):
     path = Path(name_or_path)
-    looks_like_hub_id = not path.is_absolute() and str(name_or_path).count("/") == 1 and not str(name_or_path).startswith(".")
+    looks_like_hub_id = (not path.is_absolute() and str(name_or_path).count("/") == 1
+                         and not str(name_or_path).startswith("."))
     if not path.exists() and not looks_like_hub_id:
-        raise ModelError(f"model directory {path} does not exist; build it first (vora_core.model.tiny) or fix the path")
+        raise ModelError(f"model directory {path} does not exist; build it first (vora_core.model.tiny) "
+                         "or fix the path")
     return auto_cls.from_pretrained(str(name_or_path), dtype=dtype, attn_implementation=attn_implementation)
 
 

@@ -82,7 +82,8 @@ class SizeGroups:
 def group_by_size(pixel_values: torch.Tensor | Sequence[torch.Tensor], patch_size: int) -> SizeGroups:
     if isinstance(pixel_values, torch.Tensor):
         if pixel_values.dim() != 4:
-            raise ModelError(f"pixel_values must be [N, 3, H, W] or a list of [3, H, W], got {tuple(pixel_values.shape)}")
+            raise ModelError(f"pixel_values must be [N, 3, H, W] or a list of [3, H, W], "
+                             f"got {tuple(pixel_values.shape)}")
         sizes = [tuple(pixel_values.shape[-2:])] * pixel_values.shape[0]
         _check_sizes(sizes, patch_size)
         return SizeGroups([(pixel_values, list(range(pixel_values.shape[0])))], sizes)

@@ -31,7 +31,8 @@ def prepare_units(catalog: Catalog) -> list[Unit]:
     for name, src in catalog.sources.items():
         out = catalog.run.sources(name) / "prepared.json"
         fp = catalog.settings_fingerprint(src, catalog.download.rows_per_unit, input_signature(src))
-        units.append(Unit(stage="download", id=name, output=str(out), fingerprint=fp, params={"source": name, "kind": "prepare"}))
+        units.append(Unit(stage=NAME, id=name, output=str(out), fingerprint=fp,
+                          params={"source": name, "kind": "prepare"}))
     return units
 
 

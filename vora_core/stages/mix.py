@@ -25,9 +25,8 @@ NAME = "mix"
 def _text_inputs(catalog: Catalog, name: str) -> list:
     src = catalog.text_sources[name]
     if src.format == "shapes_vqa":
-        root = catalog.run.root
-        return [file_identities(str(root / "sources" / str(src.source) / "labels.parquet")),
-                file_identities(str(root / "shards" / str(src.source) / "*.parquet"))]
+        return [file_identities(str(catalog.run.sources(str(src.source)) / "labels.parquet")),
+                file_identities(str(catalog.run.shards(str(src.source)) / "*.parquet"))]
     if src.path and "://" not in src.path:
         p = Path(src.path)
         pattern = str(p / "*") if p.is_dir() else src.path
@@ -48,13 +47,12 @@ def text_unit(catalog: Catalog, name: str) -> Unit:
 
 def mixture_unit(catalog: Catalog, stage: str) -> Unit:
     m: MixtureSettings = getattr(catalog.mix, stage)
-    root = catalog.run.root
     captions = []
     if m.captions is not None:
         for source in caption_sources(catalog, m):
-            captions.append(file_identities(str(root / "shards" / source / "?????.parquet")))
+            captions.append(file_identities(str(catalog.run.shards(source) / "?????.parquet")))
             if m.captions.policy != "alt":
-                captions.append(file_identities(str(root / "captions" / source / "*.parquet")))
+                captions.append(file_identities(str(catalog.run.captions(source) / "*.parquet")))
     texts = {name: text_unit(catalog, name).fingerprint for name in m.text}
     fp = fingerprint("mixture", MIXTURE_FORMAT, stage, m.model_dump(mode="json"), captions, texts)
     return Unit(stage=NAME, id=f"mixture:{stage}", output=str(catalog.run.mixture(stage)), fingerprint=fp,
@@ -83,7 +81,8 @@ def summary(catalog: Catalog) -> list[dict]:
         row: dict[str, Any] = {"unit": unit.id, "done": unit.done, "rows": stats.get("rows")}
         if unit.params["kind"] == "text":
             row |= {"written": stats.get("written"), "rejected": stats.get("rejected"),
-                    "rejected_by_reason": ", ".join(f"{k}: {v}" for k, v in stats.get("rejected_by_reason", {}).items())}
+                    "rejected_by_reason": ", ".join(f"{k}: {v}"
+                                                    for k, v in stats.get("rejected_by_reason", {}).items())}
         else:
             row |= {"written": stats.get("rows"), "rejected": None, "rejected_by_reason": None}
         rows.append(row)

@@ -87,7 +87,7 @@ def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
 
     m = catalog.model
     t = m.tiny
-    root = catalog.run.root / "models"
+    root = catalog.run.models
     out: dict[str, Path] = {}
     if is_tiny(m.llm):
         llm_dir = root / "llm"
@@ -138,7 +138,7 @@ def _teacher_pictures(catalog: Catalog) -> SyntheticShapesSource | None:
 def model_paths(catalog: Catalog) -> tuple[str, str | None]:
     """(llm, teacher) names or directories, tiny ones resolved to <workdir>/models/."""
     m = catalog.model
-    root = catalog.run.root / "models"
+    root = catalog.run.models
     llm = str(root / "llm") if is_tiny(m.llm) else m.llm
     teacher = None if m.teacher is None else str(root / "teacher") if is_tiny(m.teacher) else m.teacher
     return llm, teacher

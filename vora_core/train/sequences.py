@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vora_core.data.conversations import IMAGE
 from vora_core.errors import DataError
 
-IMAGE = "<image>"
 IGNORE = -100
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 ROLES = ("system", "user", "assistant")
