@@ -29,12 +29,12 @@ def test_scale_out_settings_parse():
 
 
 def test_multi_node_torchrun_command():
-    settings = parse_catalog(SCALED).pretrain.model_dump()
+    settings = parse_catalog(SCALED).pretrain
     cmd = torchrun_command("/shared/runs/scaled/pretrain/spec.json", settings, run_id="scaled-pretrain")
     assert cmd[3:] == ["--nproc-per-node=8", "--nnodes=4", "--rdzv-backend=c10d", "--rdzv-endpoint=node-0:29500",
                        "--rdzv-id=scaled-pretrain", "--node-rank=2", "-m", "vora_core.train.worker", "--spec",
                        "/shared/runs/scaled/pretrain/spec.json"]
-    single = parse_catalog({**SCALED, "pretrain": {"nproc_per_node": 2}}).pretrain.model_dump()
+    single = parse_catalog({**SCALED, "pretrain": {"nproc_per_node": 2}}).pretrain
     assert "--standalone" in torchrun_command("spec.json", single)
     with pytest.raises(StageError, match="nnodes=2 needs rdzv_endpoint"):
-        torchrun_command("spec.json", {**single, "nnodes": 2})
+        torchrun_command("spec.json", single.model_copy(update={"nnodes": 2}))

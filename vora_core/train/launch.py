@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vora_core.catalog import TrainSettings
 from vora_core.errors import StageError
 from vora_core.train.spec import RunSpec
 
@@ -40,16 +41,16 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def torchrun_command(spec_path: str | Path, settings: dict, run_id: str = "vora") -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={settings['nproc_per_node']}"]
-    if settings["nnodes"] == 1 and not settings.get("rdzv_endpoint"):
+def torchrun_command(spec_path: str | Path, settings: TrainSettings, run_id: str = "vora") -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={settings.nproc_per_node}"]
+    if settings.nnodes == 1 and not settings.rdzv_endpoint:
         cmd.append("--standalone")
     else:
-        if not settings.get("rdzv_endpoint"):
-            raise StageError(f"nnodes={settings['nnodes']} needs rdzv_endpoint (host:port of node 0) in the catalog")
-        cmd += [f"--nnodes={settings['nnodes']}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={settings['rdzv_endpoint']}", f"--rdzv-id={run_id}",
-                f"--node-rank={settings.get('node_rank', 0)}"]
+        if not settings.rdzv_endpoint:
+            raise StageError(f"nnodes={settings.nnodes} needs rdzv_endpoint (host:port of node 0) in the catalog")
+        cmd += [f"--nnodes={settings.nnodes}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={settings.rdzv_endpoint}", f"--rdzv-id={run_id}",
+                f"--node-rank={settings.node_rank}"]
     cmd += ["-m", "vora_core.train.worker", "--spec", str(spec_path)]
     return cmd
 

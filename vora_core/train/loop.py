@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from vora_core.catalog import TrainSettings
 from vora_core.errors import DataError, StageError
 from vora_core.train import checkpoint
 from vora_core.train.loader import EpochPlans, PackDataset, build_loader
 from vora_core.train.metrics import MetricsLog, plot_loss, read_metrics, truncate_metrics
 from vora_core.train.samples import SampleBuilder, open_index
-from vora_core.train.spec import RunSpec
+from vora_core.train.spec import PartsInit, RunSpec
 from vora_core.workdir import atomic_path
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,14 @@ def build_model(spec: RunSpec):
     from vora_core.model.modeling import VoRAForCausalLM, load_vora
 
     m = spec.model
-    if m["init"] == "parts":
-        model = VoRAForCausalLM.from_parts(m["llm"], m.get("teacher"), dtype=torch.float32,
-                                           attn_implementation=spec.attn_implementation, **m["fields"])
+    if isinstance(m, PartsInit):
+        model = VoRAForCausalLM.from_parts(m.llm, m.teacher, dtype=torch.float32,
+                                           attn_implementation=spec.attn_implementation, **m.fields)
     else:
-        model = load_vora(m["path"], dtype=torch.float32, attn_implementation=spec.attn_implementation)
-    model.config.lm_loss_chunk = spec.settings.get("lm_loss_chunk", model.config.lm_loss_chunk)
+        model = load_vora(m.path, dtype=torch.float32, attn_implementation=spec.attn_implementation)
+    model.config.lm_loss_chunk = spec.settings.lm_loss_chunk
     counts = configure_trainable(model, spec.stage)
-    if spec.settings.get("compile"):
+    if spec.settings.compile:
         from vora_core.model.compile import compile_blocks
 
         compile_blocks(model)
@@ -147,8 +148,8 @@ def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
     return factor
 
 
-def make_optimizer(params: list[nn.Parameter], s: dict) -> torch.optim.Optimizer:
-    kwargs = dict(lr=s["lr"], betas=tuple(s["adam_betas"]), eps=s["adam_eps"], weight_decay=s["weight_decay"])
+def make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
+    kwargs = dict(lr=s.lr, betas=tuple(s.adam_betas), eps=s.adam_eps, weight_decay=s.weight_decay)
     try:  # fused: reads `found_inf` and skips a bad step on the device
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
@@ -251,163 +252,192 @@ def _record(step: int, vec: list[float], blocks: list[int], host: dict, distill_
     }
 
 
-def train(spec: RunSpec) -> dict:
-    """Run (or resume) the spec's training on this rank; rank 0 writes metrics, checkpoints, `final/`."""
-    s = spec.settings
-    dist = init_distributed(s["device"])
-    if dist.device.type == "cpu" and s.get("cpu_threads"):
-        torch.set_num_threads(s["cpu_threads"])
-    seed_all(s["seed"])
-    from transformers import AutoTokenizer
+class Trainer:
+    """One rank's training run (torchtitan's `Trainer` is the model): `__init__` builds the model, the
+    data, the optimizer and resumes from the newest checkpoint; `run` repeats `step` (one optimizer step),
+    `log` (the previous step's metrics, read one step late so no step waits on the device) and
+    `checkpoint`, then writes `final/`. Rank 0 writes metrics, checkpoints and `final/`."""
 
-    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
-    model, trainable_counts = build_model(spec)
-    if s["grad_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    module = model
-    wrapped = wrap(model, s["strategy"], dist)
-    model.train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    blocks = list(module.config.distill_blocks) if spec.stage == "pretrain" else []
-    distill_weight = float(module.config.distill_weight)
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        s = self.settings = spec.settings
+        self.dist = dist = init_distributed(s.device)
+        if dist.device.type == "cpu" and s.cpu_threads:
+            torch.set_num_threads(s.cpu_threads)
+        seed_all(s.seed)
+        from transformers import AutoTokenizer
 
-    builder = SampleBuilder(tokenizer, module.config, spec.transform, s["seq_len"], s["system_prompt"])
-    lengths = open_index(spec.index).column("length").to_numpy()
-    rows_per_step = s["micro_batch"] * s["grad_accum"]
-    plans = EpochPlans(lengths, s["seq_len"], s["packing"], s["seed"], dist.rank, dist.world, rows_per_step)
-    steps_per_epoch = plans.steps_per_epoch(0)
-    total = s["steps"] if s["steps"] is not None else max(1, math.ceil(s["epochs"] * steps_per_epoch))
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+        self.module, self.trainable_counts = build_model(spec)
+        module = self.module
+        if s.grad_checkpointing:
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.wrapped = wrap(module, s.strategy, dist)
+        module.train()
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.blocks = list(module.config.distill_blocks) if spec.stage == "pretrain" else []
+        self.distill_weight = float(module.config.distill_weight)
 
-    optimizer = make_optimizer(params, s)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(s["schedule"], s["warmup_steps"], total, s["min_lr_ratio"]))
-    state = {"step": 0, "position": [0, 0], "nan_run": 0, "nan_steps": 0, "tokens": 0, "samples": 0,
-             "seconds": 0.0, "skipped_images": 0}
-    resume_from = checkpoint.latest(spec.checkpoints)
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, wrapped, module, optimizer, scheduler, dist.rank, dist.world)
+        builder = SampleBuilder(self.tokenizer, module.config, spec.transform, s.seq_len, s.system_prompt)
+        self.lengths = open_index(spec.index).column("length").to_numpy()
+        rows_per_step = s.micro_batch * s.grad_accum
+        self.plans = EpochPlans(self.lengths, s.seq_len, s.packing, s.seed, dist.rank, dist.world, rows_per_step)
+        steps_per_epoch = self.plans.steps_per_epoch(0)
+        self.total = s.steps if s.steps is not None else max(1, math.ceil(s.epochs * steps_per_epoch))
+
+        self.optimizer = make_optimizer(self.params, s)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(s.schedule, s.warmup_steps, self.total, s.min_lr_ratio))
+        self.state: dict[str, Any] = {"step": 0, "position": [0, 0], "nan_run": 0, "nan_steps": 0, "tokens": 0,
+                                      "samples": 0, "seconds": 0.0, "skipped_images": 0}
+        resume_from = checkpoint.latest(spec.checkpoints)
+        if resume_from is not None:
+            self.state = checkpoint.load(resume_from, self.wrapped, module, self.optimizer, self.scheduler,
+                                         dist.rank, dist.world)
+            if dist.main:
+                truncate_metrics(spec.metrics, self.state["step"])
+            log.info("rank %d: resumed from %s (step %d)", dist.rank, resume_from, self.state["step"])
+        elif dist.main and spec.metrics.exists():
+            spec.metrics.unlink()  # a fresh run: no stale lines from a run without checkpoints
+
+        use_bf16 = s.precision == "bf16" or (s.precision == "auto" and dist.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        dataset = PackDataset(spec.index, builder)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        loader = build_loader(dataset, self.plans, tuple(self.state["position"]), s.micro_batch, s.num_workers, pad,
+                              pin_memory=dist.device.type == "cuda")
+        self.batches: Any = iter(loader)
+        self.metrics = MetricsLog(spec.metrics) if dist.main else None
+        self.ddp = dist.world > 1 and s.strategy == "ddp"
+        # Audit trail (tests, debugging): which samples each rank trained on, and its weights at the end.
+        self.trace_dir = Path(spec.out_dir) / "data_trace" if spec.extra.get("trace_data") else None
+        self.trace = MetricsLog(self.trace_dir / f"rank-{dist.rank}.jsonl") if self.trace_dir is not None else None
+        self.pending: tuple | None = None  # (step, device vector, host figures) of the step not logged yet
         if dist.main:
-            truncate_metrics(spec.metrics, state["step"])
-        log.info("rank %d: resumed from %s (step %d)", dist.rank, resume_from, state["step"])
-    elif dist.main and spec.metrics.exists():
-        spec.metrics.unlink()  # a fresh run: no stale lines from a run without checkpoints
+            print(f"[train] {spec.stage}: {self.total} steps ({steps_per_epoch} per epoch), world {dist.world}, "
+                  f"trainable {self.trainable_counts['trainable']:,} / frozen {self.trainable_counts['frozen']:,}, "
+                  f"start at step {self.state['step']}", flush=True)
 
-    use_bf16 = s["precision"] == "bf16" or (s["precision"] == "auto" and dist.device.type == "cuda")
-    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    dataset = PackDataset(spec.index, builder)
-    loader = build_loader(dataset, plans, tuple(state["position"]), s["micro_batch"], s["num_workers"],
-                          tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                          pin_memory=dist.device.type == "cuda")
-    batches = iter(loader)
-    metrics = MetricsLog(spec.metrics) if dist.main else None
-    ddp = dist.world > 1 and s["strategy"] == "ddp"
-    # Audit trail (tests, debugging): which samples each rank trained on, and its weights at the end.
-    trace_dir = Path(spec.out_dir) / "data_trace" if spec.extra.get("trace_data") else None
-    trace = MetricsLog(trace_dir / f"rank-{dist.rank}.jsonl") if trace_dir is not None else None
-    pending: tuple | None = None
-    if dist.main:
-        print(f"[train] {spec.stage}: {total} steps ({steps_per_epoch} per epoch), world {dist.world}, "
-              f"trainable {trainable_counts['trainable']:,} / frozen {trainable_counts['frozen']:,}, "
-              f"start at step {state['step']}", flush=True)
+    def step(self) -> None:
+        """One optimizer step (its metrics stay on the device until the next `log`)."""
+        s, dist, state = self.settings, self.dist, self.state
+        started = time.perf_counter()
+        micro = [next(self.batches) for _ in range(s.grad_accum)]
+        data_wait = time.perf_counter() - started
+        totals = global_counts(micro, dist)
+        lr = self.scheduler.get_last_lr()[0]
+        vec = accumulate(self.wrapped, micro, totals, dist, self.blocks, self.distill_weight, self.autocast, self.ddp)
+        loss = vec[0] + self.distill_weight * vec[1]
+        norm, finite = guarded_step(self.optimizer, self.params, loss, s.max_grad_norm)
+        self.scheduler.step()
+        state["step"] += 1
+        epoch, index = micro[-1]["positions"][-1]
+        state["position"] = [epoch, index + 1]
+        if self.trace is not None:
+            self.trace.write({"step": state["step"], "rank": dist.rank,
+                              "samples": [i for mb in micro for e, k in mb["positions"] for i in self.plans(e)[k]]})
+        self.log()  # the previous step's metrics: this step is already queued
+        host_counts = {k: sum(mb["counts"][k] for mb in micro) for k in COUNT_KEYS}
+        elapsed = time.perf_counter() - started
+        # Host counts of all ranks ~ this rank's × world (ranks get equal rows; the exact global
+        # label/vision counts are in `totals`, used for the loss).
+        tokens = host_counts["tokens"] * dist.world
+        samples = host_counts["samples"] * dist.world
+        state["tokens"] += tokens
+        state["samples"] += samples
+        state["seconds"] += elapsed
+        host = {
+            "lr": lr, "epoch": epoch, "total_steps": self.total, "tokens": tokens, "samples": samples,
+            "padding_fraction": 1.0 - host_counts["tokens"] / max(1, host_counts["slots"]),
+            "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed,
+            "step_s": elapsed, "data_wait_s": data_wait,
+        }
+        self.pending = (state["step"], torch.cat([vec, totals[5:6].float(), norm.reshape(1).float(),
+                                                  finite.reshape(1).float()]), host)
 
-    def flush() -> None:
-        nonlocal pending
-        if pending is None:
+    def log(self) -> None:
+        """Write the pending step's metrics; stop the run on too many non-finite steps or skipped images."""
+        if self.pending is None:
             return
-        step, vec, host = pending
-        pending = None
-        record = _record(step, vec.tolist(), blocks, host, distill_weight)
+        s, spec, state = self.settings, self.spec, self.state
+        step, vec, host = self.pending
+        self.pending = None
+        record = _record(step, vec.tolist(), self.blocks, host, self.distill_weight)
         state["nan_run"] = state["nan_run"] + 1 if record["skipped"] else 0
         state["nan_steps"] += int(record["skipped"])
         record["nan_steps"] = state["nan_steps"]
         state["skipped_images"] = state.get("skipped_images", 0) + record["skipped_images"]  # older checkpoints
         record["skipped_images_total"] = state["skipped_images"]
-        if metrics is not None:
-            metrics.write(record)
-            if step % 10 == 0 or step == total:
-                print(f"[train] step {step}/{total} loss {record['loss']:.4f} lm {record['lm_loss']:.4f} "
+        if self.metrics is not None:
+            self.metrics.write(record)
+            if step % 10 == 0 or step == self.total:
+                print(f"[train] step {step}/{self.total} loss {record['loss']:.4f} lm {record['lm_loss']:.4f} "
                       f"lr {record['lr']:.3g} tok/s {record['tokens_per_s']:.0f}", flush=True)
-        if state["nan_run"] >= s["nan_tolerance"]:
+        if state["nan_run"] >= s.nan_tolerance:
             last = checkpoint.latest(spec.checkpoints)
             raise TrainingDiverged(
                 f"{spec.stage}: {state['nan_run']} non-finite steps in a row (up to step {step}; nan_tolerance "
-                f"{s['nan_tolerance']}); stopped. Last good checkpoint: {last or 'none'}. Lower the lr, check the "
+                f"{s.nan_tolerance}); stopped. Last good checkpoint: {last or 'none'}. Lower the lr, check the "
                 "data, or raise nan_tolerance"
             )
-        allowed = s["max_skipped_share"] * len(lengths) * (record["epoch"] + 1)
+        allowed = s.max_skipped_share * len(self.lengths) * (record["epoch"] + 1)
         if state["skipped_images"] > allowed:
             raise DataError(
                 f"{spec.stage}: {state['skipped_images']} samples skipped because their image failed to load (up to "
-                f"step {step}), more than max_skipped_share {s['max_skipped_share']:g} of the {len(lengths)} samples "
-                f"per epoch; the shards changed or were damaged after the mix stage: rerun download/mix (the "
+                f"step {step}), more than max_skipped_share {s.max_skipped_share:g} of the {len(self.lengths)} "
+                f"samples per epoch; the shards changed or were damaged after the mix stage: rerun download/mix (the "
                 f"loader's warnings name the samples), or raise {spec.stage}.max_skipped_share"
             )
 
-    try:
-        while state["step"] < total:
-            started = time.perf_counter()
-            micro = [next(batches) for _ in range(s["grad_accum"])]
-            data_wait = time.perf_counter() - started
-            totals = global_counts(micro, dist)
-            lr = scheduler.get_last_lr()[0]
-            vec = accumulate(wrapped, micro, totals, dist, blocks, distill_weight, autocast, ddp)
-            loss = vec[0] + distill_weight * vec[1]
-            norm, finite = guarded_step(optimizer, params, loss, s["max_grad_norm"])
-            scheduler.step()
-            state["step"] += 1
-            epoch, index = micro[-1]["positions"][-1]
-            state["position"] = [epoch, index + 1]
-            if trace is not None:
-                trace.write({"step": state["step"], "rank": dist.rank,
-                             "samples": [i for mb in micro for e, k in mb["positions"] for i in plans(e)[k]]})
-            flush()  # the previous step's metrics: this step is already queued
-            host_counts = {k: sum(mb["counts"][k] for mb in micro) for k in COUNT_KEYS}
-            elapsed = time.perf_counter() - started
-            # Host counts of all ranks ~ this rank's × world (ranks get equal rows; the exact global
-            # label/vision counts are in `totals`, used for the loss).
-            tokens = host_counts["tokens"] * dist.world
-            samples = host_counts["samples"] * dist.world
-            state["tokens"] += tokens
-            state["samples"] += samples
-            state["seconds"] += elapsed
-            host = {
-                "lr": lr, "epoch": epoch, "total_steps": total, "tokens": tokens, "samples": samples,
-                "padding_fraction": 1.0 - host_counts["tokens"] / max(1, host_counts["slots"]),
-                "tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed,
-                "step_s": elapsed, "data_wait_s": data_wait,
-            }
-            pending = (state["step"], torch.cat([vec, totals[5:6].float(), norm.reshape(1).float(),
-                                                 finite.reshape(1).float()]), host)
-            if state["step"] % s["checkpoint_every"] == 0 or state["step"] == total:
-                flush()
-                saved = checkpoint.save(spec.checkpoints, state["step"], wrapped, module, optimizer, scheduler,
-                                        dict(state), dist.rank, dist.world)
-                if dist.main:
-                    checkpoint.rotate(spec.checkpoints, s["keep_last"])
-                    metrics.sync()
-                    plot_loss(read_metrics(spec.metrics), spec.loss_png, f"{spec.stage}")
-                    print(f"[train] checkpoint {saved}", flush=True)
-        flush()
-    finally:
-        del batches
-        if metrics is not None:
-            metrics.close()
-        if trace is not None:
-            trace.close()
-    if trace_dir is not None:
+    def checkpoint(self) -> None:
+        """Log the pending step, then save (every rank), rotate, and redraw the loss curve (rank 0)."""
+        spec, dist = self.spec, self.dist
+        self.log()
+        saved = checkpoint.save(spec.checkpoints, self.state["step"], self.wrapped, self.module, self.optimizer,
+                                self.scheduler, dict(self.state), dist.rank, dist.world)
+        if dist.main:
+            checkpoint.rotate(spec.checkpoints, self.settings.keep_last)
+            self.metrics.sync()
+            plot_loss(read_metrics(spec.metrics), spec.loss_png, f"{spec.stage}")
+            print(f"[train] checkpoint {saved}", flush=True)
+
+    def run(self) -> dict:
+        """Train to the last step (checkpointing every `checkpoint_every` and at the end), then `final/`."""
+        try:
+            while self.state["step"] < self.total:
+                self.step()
+                if self.state["step"] % self.settings.checkpoint_every == 0 or self.state["step"] == self.total:
+                    self.checkpoint()
+            self.log()
+        finally:
+            self.batches = None  # stops the loader's workers
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.trace is not None:
+                self.trace.close()
+        if self.trace_dir is not None:
+            self.save_trace(self.trace_dir)
+        dist, state = self.dist, self.state
+        save_final(self.spec, self.wrapped, self.module, self.tokenizer, dist)
+        stats = {"steps": state["step"], "tokens": state["tokens"], "samples": state["samples"],
+                 "nan_steps": state["nan_steps"], "world": dist.world, "trainable": self.trainable_counts["trainable"]}
+        if dist.world > 1:
+            torch.distributed.barrier()
+        return stats
+
+    def save_trace(self, trace_dir: Path) -> None:
+        """This rank's trainable weights at the end (the audit trail's last part)."""
         from safetensors.torch import save_file
 
         full = {n: p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2: gather (collective)
-                for n, p in module.named_parameters() if p.requires_grad}
+                for n, p in self.module.named_parameters() if p.requires_grad}
         save_file({n: t.detach().contiguous().cpu() for n, t in full.items()},
-                  str(trace_dir / f"rank-{dist.rank}.safetensors"))
+                  str(trace_dir / f"rank-{self.dist.rank}.safetensors"))
 
-    save_final(spec, wrapped, module, tokenizer, dist)
-    stats = {"steps": state["step"], "tokens": state["tokens"], "samples": state["samples"],
-             "nan_steps": state["nan_steps"], "world": dist.world, "trainable": trainable_counts["trainable"]}
-    if dist.world > 1:
-        torch.distributed.barrier()
-    return stats
+
+def train(spec: RunSpec) -> dict:
+    """Run (or resume) the spec's training on this rank."""
+    return Trainer(spec).run()
 
 
 def save_final(spec: RunSpec, model: nn.Module, module: nn.Module, tokenizer, dist: Dist) -> Path | None:
@@ -417,7 +447,7 @@ def save_final(spec: RunSpec, model: nn.Module, module: nn.Module, tokenizer, di
     from vora_core.model.modeling import save_vora
 
     state_dict: dict[str, Any] | None = None
-    if spec.settings["strategy"] == "fsdp2" and dist.world > 1:
+    if spec.settings.strategy == "fsdp2" and dist.world > 1:
         state_dict = checkpoint.get_model_state_dict(model, options=checkpoint.FULL)
         # The gathered copies of tied weights (lm_head = embed_tokens) no longer share storage, so
         # save_pretrained would write both; keep the first name only, as it does for the unsharded model.

@@ -27,7 +27,7 @@ from vora_core.catalog import Catalog, ModelSettings, SyntheticShapesSource, Tra
 from vora_core.errors import StageError
 from vora_core.train.metrics import read_metrics
 from vora_core.train.samples import SampleBuilder, build_index, mixture_files, read_mixture
-from vora_core.train.spec import STAGES, RunSpec
+from vora_core.train.spec import STAGES, DirInit, ModelInit, PartsInit, RunSpec, model_init
 from vora_core.train.transforms import RESIZE_OF, check_transform
 from vora_core.workdir import (
     RunDir,
@@ -174,18 +174,19 @@ def pretrain_fields(m: ModelSettings, teacher: str | None, image_token_id: int |
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def model_config(model: dict[str, Any]):
+def model_config(model: ModelInit | dict[str, Any]):
     """The VoRA config of a spec's model without loading any weights."""
     from transformers import AutoConfig
 
     from vora_core.model.config import VoRAConfig
 
-    if model["init"] == "dir":
-        return AutoConfig.from_pretrained(model["path"])
-    teacher = AutoConfig.from_pretrained(model["teacher"]) if model.get("teacher") else None
+    model = model_init(model)
+    if isinstance(model, DirInit):
+        return AutoConfig.from_pretrained(model.path)
+    teacher = AutoConfig.from_pretrained(model.teacher) if model.teacher else None
     if teacher is not None and hasattr(teacher, "vision_config") and teacher.model_type != "aimv2_vision_model":
         teacher = teacher.vision_config
-    return VoRAConfig(text_config=AutoConfig.from_pretrained(model["llm"]), teacher_config=teacher, **model["fields"])
+    return VoRAConfig(text_config=AutoConfig.from_pretrained(model.llm), teacher_config=teacher, **model.fields)
 
 
 def load_tokenizer(path: str):
@@ -200,7 +201,7 @@ def load_tokenizer(path: str):
 # ------------------------------------------------------------------------------------------ specs
 
 
-def prepare_spec(stage: str, out_dir: str | Path, mixture: str | Path, run: RunDir, model: dict[str, Any],
+def prepare_spec(stage: str, out_dir: str | Path, mixture: str | Path, run: RunDir, model: ModelInit | dict[str, Any],
                  tokenizer_dir: str, settings: TrainSettings, transform: str,
                  attn_implementation: str = "sdpa") -> tuple[RunSpec, dict]:
     """Build (or reuse) the sample index and return the run's spec and the index stats."""
@@ -223,12 +224,13 @@ def prepare_spec(stage: str, out_dir: str | Path, mixture: str | Path, run: RunD
         builder = SampleBuilder(tokenizer, config, transform, settings.seq_len, settings.system_prompt)
         stats = build_index(mixture, run, builder, index, workers=max(1, settings.num_workers))
         write_marker(index, fp, stats)
-    spec = RunSpec(stage=stage, out_dir=str(out_dir), index=str(index), tokenizer=tokenizer_dir, model=model,
-                   settings=dumped, transform=transform, attn_implementation=attn_implementation)
+    spec = RunSpec(stage=stage, out_dir=str(out_dir), index=str(index), tokenizer=tokenizer_dir,
+                   model=model_init(model), settings=settings, transform=transform,
+                   attn_implementation=attn_implementation)
     return spec, stats
 
 
-def stage_model(catalog: Catalog, stage: str) -> tuple[dict[str, Any], str]:
+def stage_model(catalog: Catalog, stage: str) -> tuple[ModelInit, str]:
     """(model spec, tokenizer directory) of a stage."""
     if stage == "pretrain":
         llm, teacher = model_paths(catalog)
@@ -237,11 +239,11 @@ def stage_model(catalog: Catalog, stage: str) -> tuple[dict[str, Any], str]:
         if image_token_id is None or image_token_id == tokenizer.unk_token_id:
             image_token_id = None
         fields = pretrain_fields(catalog.model, teacher, image_token_id)
-        return {"init": "parts", "llm": llm, "teacher": teacher, "fields": fields}, llm
+        return PartsInit(llm=llm, teacher=teacher, fields=fields), llm
     path = catalog.finetune.model or str(catalog.run.stage_dir("merge"))
     if not (Path(path) / "config.json").exists():
         raise StageError(f"finetune: {path} is not a model directory; run the merge stage first or set finetune.model")
-    return {"init": "dir", "path": path}, path
+    return DirInit(path=path), path
 
 
 def fresh_start_if_stale(out_dir: Path, unit: Unit) -> None:
