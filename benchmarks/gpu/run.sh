@@ -19,6 +19,7 @@ shift || true
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 if [ -n "${SUITE_PYTHON:-}" ]; then
   SUITE_PY="$SUITE_PYTHON"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # vora_core for the suite and the stages' subprocesses
   if [ -n "${WHEELS:-}" ] && compgen -G "$WHEELS/*.whl" > /dev/null; then
     SITE="${SITE_DIR:-$(mktemp -d)/site}"
     "$SUITE_PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
