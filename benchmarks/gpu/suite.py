@@ -7,7 +7,14 @@ Sections (each reports status ok | skipped | failed; one failing section does no
                 bf16 autocast, as the train stage runs): eager vs compiled (vora_core.model.compile) x
                 flex vs sdpa; tokens/s, MFU (FLOPs counted explicitly, formula in the report), peak memory
   recaption     the recaption engine `vllm` on the tiny captioner saved to disk: images/s
-  demo          `vora run catalogs/demo.yaml` on the GPU, fresh workdir: wall time
+  demo          `vora run catalogs/demo.yaml` on the GPU, fresh workdir: wall time. Without Prefect & co.:
+                with --demo-catalog, that catalog's model stages (pretrain, merge, finetune, evaluate; its
+                data stages done elsewhere) through vora_core; else the demo's pretraining steps at its size
+
+Sections whose packages are missing (vllm; prefect for the demo) are skipped with the reason. With
+--budget-s, a section or step variant that would start after the budget is spent is skipped (reason
+recorded), and report.json + report.md are rewritten after every section and step variant, so a run
+cut short by its host still leaves the results so far.
 
     .venv/bin/python benchmarks/gpu/suite.py --out gpu-report            # on the GPU machine
     .venv/bin/python benchmarks/gpu/suite.py --cpu-smoke --out /tmp/r    # reduced sizes on CPU (a test runs it)
@@ -17,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import importlib.util
 import json
+import os
 import platform
 import random
 import subprocess
@@ -31,7 +40,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # vora_core without an install (run.sh's preinstalled mode)
 
 SECTIONS = ("flex_vs_sdpa", "step", "recaption", "demo")
 IMAGE_TOKEN = 3
@@ -156,10 +165,90 @@ def peak_tflops(override: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def matmul_tflops(device: str) -> float | None:
+    """Measured bf16 ceiling: an 8192³ matrix product on random data, mean of 10 after 3 warm-ups."""
+    if device != "cuda":
+        return None
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def randomize_lora_b(model, std: float = 0.02) -> None:
+    """Non-zero LoRA B (peft starts it at zero), so that LoRA changes the outputs: never test or time on zeros."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def block_sparsity(batch: dict) -> dict:
+    """The FlexAttention tiles of `batch`'s BlockMask: computed vs skipped, against a causal mask of the same size.
+
+    `cross_document_skipped_fraction` = tiles skipped beyond those a plain causal mask skips (net of the
+    tiles above the diagonal that bidirectional images make visible)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from vora_core.model import masks
+
+    ids, docs = batch["input_ids"], batch["doc_ids"]
+    n_images = len(batch["pixel_values"] or [])
+    per_image = int((ids == IMAGE_TOKEN).sum()) // max(1, n_images)
+    image_ids = masks.image_ids_from_input_ids(ids, IMAGE_TOKEN, torch.full((n_images,), per_image))
+    limit = masks.visibility_limit(image_ids, n_images, True)
+    rows, length = docs.shape
+
+    def tiles(bm) -> tuple[int, int]:
+        total = rows * bm.kv_num_blocks.shape[-1] * bm.kv_indices.shape[-1]
+        computed = int(bm.kv_num_blocks.sum()) + (int(bm.full_kv_num_blocks.sum())
+                                                  if bm.full_kv_num_blocks is not None else 0)
+        return total, computed
+
+    mask = masks.block_mask(docs, limit)
+    total, computed = tiles(mask)
+    _, causal = tiles(create_block_mask(lambda b, h, q, kv: q >= kv, rows, None, length, length,
+                                        device=docs.device))
+    visible = int((masks.dense_mask(docs, limit, torch.float32) == 0).sum())
+    return {"block_size": list(mask.BLOCK_SIZE), "tiles": total, "tiles_computed": computed,
+            "skipped_fraction": (total - computed) / total, "causal_skipped_fraction": (total - causal) / total,
+            "cross_document_skipped_fraction": (causal - computed) / total,
+            "visible_pairs_fraction": visible / (rows * length * length),
+            "documents": int(sum(len(torch.unique(d[d >= 0])) for d in docs)), "images": n_images}
+
+
+@dataclass
+class Run:
+    """The report being written, and the time budget (`--budget-s`) the sections share."""
+
+    out: Path
+    report: dict
+    deadline: float | None = None
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
+    def save(self, name: str | None = None, section: dict | None = None) -> None:
+        if name is not None:
+            self.report["sections"][name] = section
+        (self.out / "report.json").write_text(json.dumps(self.report, indent=2))
+        (self.out / "report.md").write_text(markdown(self.report))
+
+
+# Seconds a step variant needs at least (compile included) to be started under --budget-s.
+RESERVE_S = {"eager": 30.0, "compiled": 120.0}
+
 # ------------------------------------------------------------------------------------------ sections
 
 
-def section_flex_vs_sdpa(args) -> dict:
+def section_flex_vs_sdpa(args, run: Run) -> dict:
     c = SMOKE if args.cpu_smoke else StepConfig(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=512,
                                                 vocab=4096, lora_rank=16, lora_layers=2, teacher_hidden=128,
                                                 teacher_layers=2, teacher_heads=2, teacher_intermediate=256,
@@ -169,86 +258,113 @@ def section_flex_vs_sdpa(args) -> dict:
     attns = ("sdpa", "flex_attention") if device == "cuda" else ("sdpa",)
     for attn in attns:
         model = build_model(c, attn, device)
-        with torch.no_grad():  # non-zero LoRA B, so that LoRA takes part
-            for name, p in model.named_parameters():
-                if ".lora_B." in name:
-                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.02)
+        randomize_lora_b(model)
         batch = make_batch(c, model, device)
         out = model(**batch)
         out.loss.backward()
         grads = {n: p.grad.float() for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None}
         results[attn] = (out.loss.detach().float(), grads)
         del model
-    report = {"config": asdict(c), "device": device, "loss_sdpa": float(results["sdpa"][0])}
+    report = {"config": asdict(c), "device": device, "precision": "fp32", "loss_sdpa": float(results["sdpa"][0]),
+              "lora_tensors": len(results["sdpa"][1]), "block_sparsity": block_sparsity(batch)}
     if device != "cuda":
         return {**report, "status": "skipped", "reason": "FlexAttention needs CUDA (no CPU backward); sdpa ran"}
     (loss_s, g_s), (loss_f, g_f) = results["sdpa"], results["flex_attention"]
     max_diff = max(float((g_s[n] - g_f[n]).abs().max()) for n in g_s)
     scale = max(float(g.abs().max()) for g in g_s.values())
+    rel = max(float((g_s[n] - g_f[n]).norm() / g_s[n].norm().clamp(min=1e-30)) for n in g_s)
     equal = abs(float(loss_s - loss_f)) <= 1e-4 * abs(float(loss_s)) + 1e-5 and max_diff <= 1e-3 * scale + 1e-6
     return {**report, "status": "ok" if equal else "failed", "loss_flex": float(loss_f),
             "loss_abs_diff": abs(float(loss_s - loss_f)), "lora_grad_max_abs_diff": max_diff,
-            "lora_grad_max_abs": scale, "equal": equal}
+            "lora_grad_max_abs": scale, "lora_grad_max_rel_l2": rel, "equal": equal}
 
 
-def _time_steps(model, batch: dict, steps: int, device: str) -> tuple[float, float]:
-    """Mean seconds of forward + backward (after one warm-up step) and peak memory in GiB (CUDA)."""
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else torch.autocast(
-        device, enabled=False)
+def _time_steps(model, batch: dict, steps: int, device: str) -> dict:
+    """Forward + backward under bf16 autocast (as the train stage runs on GPU; on CPU too, so that the smoke
+    runs the same code): first step (compile included) and mean of `steps` more, peak memory (CUDA)."""
     times = []
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for k in range(steps + 1):
+    for _ in range(steps + 1):
         start = time.perf_counter()
-        with autocast:
+        with torch.autocast(device, dtype=torch.bfloat16):
             out = model(**batch)
         out.loss.backward()
         model.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
-        if k:
-            times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return sum(times) / len(times), peak
+        times.append(time.perf_counter() - start)
+    if not torch.isfinite(out.loss.detach()).item():
+        raise RuntimeError(f"the loss is {float(out.loss)}")
+    return {"step_s": sum(times[1:]) / len(times[1:]), "first_step_s": times[0], "loss": float(out.loss.detach()),
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
-def section_step(args) -> dict:
+def section_step(args, run: Run) -> dict:
     from vora_core.model.compile import compile_blocks
 
     c = SMOKE if args.cpu_smoke else StepConfig()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    attns = ["sdpa", "flex_attention"] if device == "cuda" else ["sdpa"]
+    attns = ["flex_attention", "sdpa"] if device == "cuda" else ["sdpa"]
     modes = ["eager", "compiled"] if (device == "cuda" or args.smoke_compile) else ["eager"]
     peak = peak_tflops(args.peak_tflops)
-    runs = []
+    result = {"status": "running", "config": asdict(c), "device": device, "steps": args.steps, "peak_tflops": peak,
+              "matmul_tflops": matmul_tflops(device), "flops_formula": FLOPS_FORMULA, "runs": []}
+    runs = result["runs"]
     for attn in attns:
+        if run.left() < RESERVE_S["eager"]:
+            runs += [{"attn": attn, "mode": m, "status": "skipped", "error": "time budget (--budget-s) spent"}
+                     for m in modes]
+            continue
         model = build_model(c, attn, device)
+        randomize_lora_b(model)
         batch = make_batch(c, model, device)
+        if "block_sparsity" not in result:
+            result["block_sparsity"] = block_sparsity(batch)
         flops = step_flops(c, model, batch)
+        model_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else None
         for mode in modes:
-            if mode == "compiled":
-                compile_blocks(model)
-            try:
-                seconds, mem = _time_steps(model, batch, args.steps, device)
-            except Exception as err:  # one variant failing (e.g. flex + compile) leaves the others
-                runs.append({"attn": attn, "mode": mode, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+            base = {"attn": attn, "mode": mode}
+            if run.left() < RESERVE_S[mode]:
+                runs.append({**base, "status": "skipped", "error": f"time budget (--budget-s) spent: "
+                             f"{max(0.0, run.left()):.0f} s left, {RESERVE_S[mode]:.0f} s needed"})
                 continue
-            tokens = batch["input_ids"].numel()
-            runs.append({"attn": attn, "mode": mode, "status": "ok", "step_s": seconds, "tokens_per_s": tokens / seconds,
+            try:
+                if mode == "compiled":
+                    compile_blocks(model)
+                timed = _time_steps(model, batch, args.steps, device)
+            except Exception as err:  # one variant failing (e.g. flex + compile) leaves the others
+                runs.append({**base, "status": "failed", "error": f"{type(err).__name__}: {err}"[:2000]})
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                run.save("step", result)
+                continue
+            seconds, tokens = timed["step_s"], batch["input_ids"].numel()
+            runs.append({**base, "status": "ok", **timed, "tokens_per_s": tokens / seconds,
                          "tflops_per_s": flops / seconds / 1e12,
-                         "mfu": flops / seconds / (peak * 1e12) if peak else None, "peak_memory_gib": mem,
-                         "flops_per_step": flops, "tokens": tokens,
+                         "mfu": flops / seconds / (peak * 1e12) if peak else None,
+                         "mfu_of_measured_matmul": (flops / seconds / (result["matmul_tflops"] * 1e12)
+                                                    if result["matmul_tflops"] else None),
+                         "model_memory_gib": model_gib, "flops_per_step": flops, "tokens": tokens,
                          "images": len(batch["pixel_values"] or [])})
+            print(f"[gpu-suite] step {attn} {mode}: {seconds:.3f} s/step, {tokens / seconds:.0f} tokens/s",
+                  flush=True)
+            run.save("step", result)  # after each variant: a run cut short keeps the variants so far
         del model, batch
         torch._dynamo.reset()  # compiled code holds the blocks: free the model before building the next
+        gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-    status = "ok" if all(r["status"] == "ok" for r in runs) else "failed"
-    return {"status": status, "config": asdict(c), "device": device, "steps": args.steps, "peak_tflops": peak,
-            "flops_formula": FLOPS_FORMULA, "runs": runs}
+    result["status"] = "ok" if all(r["status"] == "ok" for r in runs) else (
+        "failed" if any(r["status"] == "failed" for r in runs) else "partial")
+    return result
 
 
-def section_recaption(args) -> dict:
+def missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def section_recaption(args, run: Run) -> dict:
     if importlib.util.find_spec("vllm") is None:
         other = ROOT / ".venv-vllm" / "bin" / "python"  # vllm pins its own torch: its own environment
         if not other.exists():
@@ -275,9 +391,94 @@ def section_recaption(args) -> dict:
             "tokens_per_s": sum(r.n_tokens for r in out) / seconds}
 
 
-def section_demo(args) -> dict:
+def demo_config() -> tuple[StepConfig, dict]:
+    """The demo catalog's pretraining model and batch as a StepConfig, and its pretrain settings."""
+    import yaml
+
+    catalog = yaml.safe_load((ROOT / "catalogs" / "demo.yaml").read_text())
+    model, tiny, pretrain = catalog["model"], catalog["model"]["tiny"], catalog["pretrain"]
+    c = StepConfig(hidden=tiny["hidden_size"], layers=tiny["layers"], heads=tiny["heads"], kv_heads=tiny["kv_heads"],
+                   intermediate=tiny["intermediate_size"], vocab=tiny["vocab_size"], lora_rank=model["lora_rank"],
+                   lora_layers=model.get("lora_layers") or tiny["teacher_layers"],
+                   teacher_hidden=tiny["teacher_hidden_size"], teacher_layers=tiny["teacher_layers"],
+                   teacher_heads=tiny["teacher_heads"], teacher_intermediate=tiny["teacher_intermediate_size"],
+                   image_size=model["image_size"], patch_size=model["patch_size"], row_tokens=pretrain["seq_len"],
+                   batch=pretrain["micro_batch"])
+    return c, pretrain
+
+
+def demo_pretrain_steps(run: Run) -> dict:
+    """The demo's `pretrain.steps` optimiser steps at its model size and micro-batch (random weights, synthetic
+    packed rows, bf16 autocast, fused AdamW), eager: the pretraining stage's compute without its data loader,
+    teacher pretraining, checkpoints or Prefect."""
+    c, pretrain = demo_config()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    steps = pretrain["steps"] if device == "cuda" else 1  # CPU: checks the code, not the time
+    if run.left() < RESERVE_S["eager"]:
+        return {"status": "skipped", "reason": "time budget (--budget-s) spent"}
+    model = build_model(c, "sdpa", device)
+    batch = make_batch(c, model, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=pretrain["lr"], fused=device == "cuda")
+    times = []
+    for _ in range(steps + 1):  # the first is the warm-up
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        if run.left() <= 0:
+            break
+    done = len(times) - 1
+    return {"status": "ok" if done == steps else "partial", "config": asdict(c), "device": device, "steps": done,
+            "step_s": sum(times[1:]) / max(1, done), "seconds": sum(times), "tokens_per_step": batch["input_ids"].numel(),
+            "final_loss": float(loss.detach())}
+
+
+MODEL_STAGES = ("pretrain", "merge", "finetune", "evaluate")
+
+
+def demo_model_stages(catalog_path: str, run: Run) -> dict:
+    """pretrain → merge → finetune → evaluate of a catalog whose data stages (download, recaption, mix) are
+    done, through the stage modules without Prefect (`vora_core.ablation.chain.run_stages`): wall time per
+    stage and the eval summary. Stages already done (markers) are skipped by the stage modules themselves."""
+    from vora_core.ablation.chain import run_stages
+    from vora_core.catalog import load_catalog
+
+    catalog = load_catalog(catalog_path)
+    result: dict = {"catalog": catalog_path, "model_stages": {}}
+    for stage in MODEL_STAGES:
+        if run.left() < RESERVE_S["eager"]:
+            result["model_stages"][stage] = {"status": "skipped", "reason": "time budget (--budget-s) spent"}
+            continue
+        start = time.perf_counter()
+        rows = run_stages(catalog, [stage])[stage]
+        result["model_stages"][stage] = {"status": ",".join(sorted({r["status"] for r in rows})),
+                                         "wall_s": round(time.perf_counter() - start, 1)}
+        run.save("demo", {"status": "running", **result})
+    result["model_stages_wall_s"] = round(sum(v.get("wall_s", 0) for v in result["model_stages"].values()), 1)
+    summary = catalog.run.stage_dir("evaluate") / "summary.json"
+    result["eval_summary"] = json.loads(summary.read_text()) if summary.exists() else None
+    return result
+
+
+def section_demo(args, run: Run) -> dict:
     if args.cpu_smoke:
         return {"status": "skipped", "reason": "not run in --cpu-smoke (make demo runs it on CPU)"}
+    absent = missing("prefect", "duckdb", "img2dataset", "webdataset")
+    if absent:
+        why = f"`vora run` not run: it needs the pipeline's packages; missing here: {', '.join(absent)}"
+        if args.demo_catalog and not missing("duckdb", "pydantic"):
+            return {"status": "partial", "reason": f"{why}. Ran instead: the model stages of {args.demo_catalog} "
+                    "(its data stages done elsewhere) through vora_core, without Prefect (model_stages)",
+                    **demo_model_stages(args.demo_catalog, run)}
+        return {"status": "partial", "reason": f"{why} (make setup installs them). Ran instead: the demo's "
+                "pretraining steps at its model size (demo_pretrain_steps)",
+                "demo_pretrain_steps": demo_pretrain_steps(run)}
     import yaml
 
     workdir = Path(args.out).resolve() / "demo-run"
@@ -287,7 +488,13 @@ def section_demo(args) -> dict:
     path.write_text(yaml.safe_dump(catalog, sort_keys=False))
     vora = Path(sys.executable).with_name("vora")
     start = time.perf_counter()
-    done = subprocess.run([str(vora), "run", str(path)], cwd=ROOT, capture_output=True, text=True)
+    timeout = None if run.deadline is None else max(1.0, run.left())
+    try:
+        done = subprocess.run([str(vora), "run", str(path)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        (Path(args.out) / "demo.log").write_text(str(err.stdout or "") + str(err.stderr or ""))
+        return {"status": "failed", "error": f"time budget (--budget-s) spent after {timeout:.0f} s", "log": "demo.log"}
     seconds = time.perf_counter() - start
     (Path(args.out) / "demo.log").write_text(done.stdout + done.stderr)
     summary = workdir / "eval" / "summary.json"
@@ -298,9 +505,15 @@ def section_demo(args) -> dict:
 # ------------------------------------------------------------------------------------------ report
 
 
+def _fmt(value, spec: str, none: str = "n/a") -> str:
+    return none if value is None else format(value, spec)
+
+
 def markdown(report: dict) -> str:
+    env = report.get("environment", {})
     lines = [f"# GPU suite report ({report['date']})", "",
-             f"device: {report['device']}; torch {report['torch']}; cpu_smoke: {report['cpu_smoke']}", ""]
+             f"device: {report['device']}; torch {report['torch']}; cpu_smoke: {report['cpu_smoke']}",
+             "environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     for name in SECTIONS:
         sec = report["sections"].get(name)
         if sec is None:
@@ -308,22 +521,43 @@ def markdown(report: dict) -> str:
         lines.append(f"## {name}: {sec['status']}")
         if sec.get("reason") or sec.get("error"):
             lines.append(f"{sec.get('reason') or sec.get('error')}")
-        if name == "step":
+        if name == "step" and "runs" in sec:
             lines += ["", sec["flops_formula"], "",
-                      "| attn | mode | status | step s | tokens/s | TFLOP/s | MFU | peak GiB |", "|---|---|---|---|---|---|---|---|"]
+                      f"peak bf16 (datasheet): {_fmt(sec['peak_tflops'], '.1f')} TFLOP/s; measured 8192³ bf16 "
+                      f"matmul: {_fmt(sec['matmul_tflops'], '.1f')} TFLOP/s", ""]
+            if sec.get("block_sparsity"):
+                lines += [f"block sparsity of the timed batch: {sec['block_sparsity']}", ""]
+            lines += ["| attn | mode | status | step s | first step s | tokens/s | TFLOP/s | MFU | MFU of matmul "
+                      "| peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
             for r in sec["runs"]:
                 if r["status"] != "ok":
-                    lines.append(f"| {r['attn']} | {r['mode']} | {r['status']}: {r['error']} | | | | | |")
+                    lines.append(f"| {r['attn']} | {r['mode']} | {r['status']}: {r['error']} | | | | | | | |")
                     continue
-                mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a"
-                mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
-                lines.append(f"| {r['attn']} | {r['mode']} | ok | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
-                             f"{r['tflops_per_s']:.1f} | {mfu} | {mem} |")
+                lines.append(f"| {r['attn']} | {r['mode']} | ok | {r['step_s']:.3f} | {r['first_step_s']:.1f} | "
+                             f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.1f} | "
+                             f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')} % | "
+                             f"{_fmt(r['mfu_of_measured_matmul'] and 100 * r['mfu_of_measured_matmul'], '.1f')} % | "
+                             f"{_fmt(r['peak_memory_gib'], '.1f')} |")
         else:
             shown = {k: v for k, v in sec.items() if k not in ("status", "reason", "error", "config", "traceback")}
             lines += [f"- {k}: {v}" for k, v in shown.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def environment() -> dict:
+    """Versions the figures depend on, and the wheels run.sh carried in (VORA_GPU_CARRIED)."""
+    import importlib.metadata as md
+
+    env = {"python": platform.python_version(), "executable": sys.executable}
+    for dist in ("torch", "triton", "transformers", "peft"):
+        try:
+            env[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            env[dist] = None
+    env["cuda"] = torch.version.cuda
+    env["carried_wheels"] = sorted(w for w in os.environ.get("VORA_GPU_CARRIED", "").split(",") if w)
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--images", type=int, default=256, help="recaption: images")
     parser.add_argument("--peak-tflops", type=float, default=None, help="MFU denominator (default: by device name)")
+    parser.add_argument("--demo-catalog", default=None,
+                        help="demo without Prefect: run this catalog's model stages (its data stages done elsewhere)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-time budget: sections and step variants that would start after it are skipped")
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -344,20 +582,24 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'cpu'})"
     report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "device": device,
-              "torch": torch.__version__, "cpu_smoke": args.cpu_smoke, "sections": {}}
+              "torch": torch.__version__, "cpu_smoke": args.cpu_smoke, "environment": environment(),
+              "sections": {}}
+    run = Run(out, report, None if args.budget_s is None else time.perf_counter() + args.budget_s)
     functions = {"flex_vs_sdpa": section_flex_vs_sdpa, "step": section_step, "recaption": section_recaption,
                  "demo": section_demo}
     for name in sections:
         started = time.perf_counter()
-        try:
-            result = functions[name](args)
-        except Exception as err:  # the report still gets written, with what went wrong
-            result = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        if run.left() <= 0:
+            result = {"status": "skipped", "reason": f"time budget (--budget-s {args.budget_s:g}) spent"}
+        else:
+            try:
+                result = functions[name](args, run)
+            except Exception as err:  # the report still gets written, with what went wrong
+                result = {"status": "failed", "error": f"{type(err).__name__}: {err}"[:2000],
+                          "traceback": traceback.format_exc()}
         result["seconds"] = round(time.perf_counter() - started, 1)
-        report["sections"][name] = result
         print(f"[gpu-suite] {name}: {result['status']} ({result['seconds']} s)", flush=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2))  # after each section: partial results survive
-    (out / "report.md").write_text(markdown(report))
+        run.save(name, result)  # after each section: partial results survive
     print(f"[gpu-suite] report: {out / 'report.json'}, {out / 'report.md'}")
     return 0 if all(s["status"] != "failed" for s in report["sections"].values()) else 1
 

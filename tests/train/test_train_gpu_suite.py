@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
-SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu" / "suite.py"
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT / "benchmarks" / "gpu" / "suite.py"
 
 
 @pytest.fixture(scope="module")
@@ -26,25 +33,102 @@ def test_cpu_smoke_writes_the_report(suite, tmp_path) -> None:
     out = tmp_path / "report"
     assert suite.main(["--cpu-smoke", "--out", str(out), "--steps", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"date", "device", "torch", "cpu_smoke", "sections"}
+    assert set(report) == {"date", "device", "torch", "cpu_smoke", "environment", "sections"}
     assert report["cpu_smoke"] is True
+    assert report["environment"]["executable"] == sys.executable and report["environment"]["carried_wheels"] == []
     sections = report["sections"]
     assert list(sections) == ["flex_vs_sdpa", "step", "recaption", "demo"]
     flex = sections["flex_vs_sdpa"]
     assert flex["status"] == "skipped" and flex["reason"].startswith("FlexAttention needs CUDA")
-    assert flex["loss_sdpa"] > 0
+    assert flex["loss_sdpa"] > 0 and flex["lora_tensors"] == 2 * 7 * 2  # A and B of 7 projections in 2 blocks
     step = sections["step"]
     assert step["status"] == "ok" and step["config"]["hidden"] == 64 and step["flops_formula"] == suite.FLOPS_FORMULA
     [run] = step["runs"]
-    assert {k: run[k] for k in ("attn", "mode", "status", "tokens", "mfu")} == {
-        "attn": "sdpa", "mode": "eager", "status": "ok", "tokens": 1024, "mfu": None}
-    assert run["tokens_per_s"] > 0 and run["flops_per_step"] > 0 and run["images"] >= 1
+    assert {k: run[k] for k in ("attn", "mode", "status", "tokens", "mfu", "peak_memory_gib")} == {
+        "attn": "sdpa", "mode": "eager", "status": "ok", "tokens": 1024, "mfu": None, "peak_memory_gib": None}
+    assert run["tokens_per_s"] > 0 and run["flops_per_step"] > 0 and run["images"] >= 1 and run["loss"] > 0
+    # 1,024 tokens in 128-token tiles: 8 x 8 = 64 tiles; a causal mask skips the 28 above the diagonal
+    sparsity = step["block_sparsity"]
+    assert (sparsity["tiles"], sparsity["causal_skipped_fraction"]) == (64, 28 / 64)
+    assert sparsity["documents"] >= 2 and sparsity["images"] == run["images"]
+    assert sparsity["skipped_fraction"] == 1 - sparsity["tiles_computed"] / 64 > sparsity["causal_skipped_fraction"]
     assert sections["demo"] == {"status": "skipped", "reason": "not run in --cpu-smoke (make demo runs it on CPU)",
                                 "seconds": 0.0}
     assert sections["recaption"]["status"] == "skipped"
     md = (out / "report.md").read_text()
     for line in ("## flex_vs_sdpa: skipped", "## step: ok", "| sdpa | eager | ok |", "## demo: skipped"):
         assert line in md
+
+
+def test_block_sparsity_counts_the_tiles_of_two_documents(suite) -> None:
+    """Two documents of 256 tokens in a 512-token row (128-token tiles): of 16 tiles a causal mask computes
+    10; the document rule drops the 4 where document 2 would see document 1; an image inside document 1
+    (tokens 0-199, bidirectional) makes the tile (0, 1) above the diagonal visible."""
+    ids = torch.full((1, 512), 7)
+    ids[0, :200] = suite.IMAGE_TOKEN
+    batch = {"input_ids": ids, "doc_ids": torch.tensor([[0] * 256 + [1] * 256]),
+             "pixel_values": [torch.zeros(3, 14, 14)]}
+    assert suite.block_sparsity(batch) == {
+        "block_size": [128, 128], "tiles": 16, "tiles_computed": 7, "skipped_fraction": 9 / 16,
+        "causal_skipped_fraction": 6 / 16, "cross_document_skipped_fraction": 3 / 16,
+        "visible_pairs_fraction": (200 * 200 + 56 * 200 + 56 * 57 // 2 + 256 * 257 // 2) / 512**2,
+        "documents": 2, "images": 1}
+
+
+def _wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel (a module with VALUE = 42), built by hand: no index, no build tool."""
+    files = {f"{name}/__init__.py": b"VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                  b"Tag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for path, data in files.items()) + f"{name}-{version}.dist-info/RECORD,,\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for member, data in {**files, f"{name}-{version}.dist-info/RECORD": record.encode()}.items():
+            whl.writestr(member, data)
+    return path
+
+
+def test_run_sh_preinstalled_mode_runs_the_given_python_with_carried_wheels(tmp_path) -> None:
+    """SUITE_PYTHON: no `make setup`; the wheels in WHEELS are installed offline into SITE_DIR, which is on the
+    suite's path (the report names them), and vora_core comes from the checkout."""
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    _wheel(wheels, "vora_probe", "1.0")
+    site, out = tmp_path / "site", tmp_path / "report"
+    env = {**os.environ, "SUITE_PYTHON": sys.executable, "WHEELS": str(wheels), "SITE_DIR": str(site),
+           "PYTHONPATH": ""}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), str(out), "--cpu-smoke",
+                           "--sections", "recaption,demo"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (site / "vora_probe" / "__init__.py").read_text() == "VALUE = 42\n"
+    report = json.loads((out / "report.json").read_text())
+    assert report["environment"]["executable"] == sys.executable
+    assert report["environment"]["carried_wheels"] == ["vora_probe-1.0"]
+    assert [s["status"] for s in report["sections"].values()] == ["skipped", "skipped"]
+    assert "[gpu-suite] demo: skipped" in done.stdout
+
+
+def test_demo_pretrain_steps_take_the_demo_catalogs_model(suite, tmp_path) -> None:
+    """The demo section's fallback (no Prefect on the GPU machine): the demo's model and micro-batch, one step on CPU."""
+    result = suite.demo_pretrain_steps(suite.Run(tmp_path, {"sections": {}}))
+    assert {k: result["config"][k] for k in ("hidden", "layers", "vocab", "lora_rank", "lora_layers", "teacher_hidden",
+                                             "image_size", "row_tokens", "batch")} == {
+        "hidden": 128, "layers": 4, "vocab": 1024, "lora_rank": 64, "lora_layers": 2, "teacher_hidden": 64,
+        "image_size": 112, "row_tokens": 1024, "batch": 2}
+    assert (result["status"], result["device"], result["steps"], result["tokens_per_step"]) == ("ok", "cpu", 1, 2048)
+    assert result["step_s"] > 0 and 0 < result["final_loss"] < 20
+
+
+def test_budget_skips_what_would_start_after_it(suite, tmp_path) -> None:
+    out = tmp_path / "report"
+    assert suite.main(["--cpu-smoke", "--out", str(out), "--sections", "step,demo", "--budget-s", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["sections"] == {
+        "step": {"status": "skipped", "reason": "time budget (--budget-s 0) spent", "seconds": 0.0},
+        "demo": {"status": "skipped", "reason": "time budget (--budget-s 0) spent", "seconds": 0.0}}
+    assert "## step: skipped\ntime budget (--budget-s 0) spent" in (out / "report.md").read_text()
 
 
 def test_unknown_section_is_one_clear_line(suite, tmp_path, capsys) -> None:
