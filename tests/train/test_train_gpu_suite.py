@@ -78,7 +78,8 @@ def test_block_sparsity_counts_the_tiles_of_two_documents(suite) -> None:
 def _wheel(folder: Path, name: str, version: str) -> Path:
     """A minimal pure-Python wheel (a module with VALUE = 42), built by hand: no index, no build tool."""
     files = {f"{name}/__init__.py": b"VALUE = 42\n",
-             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/METADATA":
+                 f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
              f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
                                                   b"Tag: py3-none-any\n"}
     record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
@@ -111,7 +112,8 @@ def test_run_sh_preinstalled_mode_runs_the_given_python_with_carried_wheels(tmp_
 
 
 def test_demo_pretrain_steps_take_the_demo_catalogs_model(suite, tmp_path) -> None:
-    """The demo section's fallback (no Prefect on the GPU machine): the demo's model and micro-batch, one step on CPU."""
+    """The demo section's fallback (no Prefect on the GPU machine): the demo's model and micro-batch,
+    one step on CPU."""
     result = suite.demo_pretrain_steps(suite.Run(tmp_path, {"sections": {}}))
     assert {k: result["config"][k] for k in ("hidden", "layers", "vocab", "lora_rank", "lora_layers", "teacher_hidden",
                                              "image_size", "row_tokens", "batch")} == {
