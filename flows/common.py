@@ -32,6 +32,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from flows import progress as terminal
+from flows.runners import ray_node_id, unit_runner
 from vora_core.catalog import Catalog, load_catalog
 from vora_core.errors import StageError
 from vora_core.stages import resolve
@@ -111,11 +112,17 @@ def run_unit_task(catalog_path: str, unit: Unit, runner: str, force: bool = Fals
     """Run one unit through `runner` (`module:function(catalog, unit) -> stats`) under its marker."""
     catalog = load_catalog(catalog_path)
     work = resolve(runner)
-    result = run_unit_with_marker(unit, lambda u: work(catalog, u), force=force)
+    result = run_unit_with_marker(unit, lambda u: on_node(work(catalog, u)), force=force)
     best_effort("run log", get_run_logger().info, "%s %s: %s", unit.stage, unit.id, result.get("status"))
     if result["status"] == "skipped":  # the UI shows it as skipped, not as work done
         return Completed(name="Skipped", message=f"{unit.id}: marker matches, nothing to do", data=result)
     return result
+
+
+def on_node(stats: dict) -> dict:
+    """A unit's stats, with the Ray node that ran it (orchestration.runner: ray; local: unchanged)."""
+    node = ray_node_id()
+    return {**stats, "node": node} if node else stats
 
 
 def artifact_key(*parts: str) -> str:
@@ -143,6 +150,7 @@ def map_units(
     if not units:
         logger.info("%s: no units", label)
         return []
+    where = unit_runner(catalog, units[0].stage)  # this process, or a Ray cluster (orchestration.runner)
     unit_task = run_unit_task.with_options(
         task_run_name=f"{label}:{{unit.id}}",
         retries=retries,
@@ -162,9 +170,9 @@ def map_units(
     rows_done = 0
     try:
         while pending or running:
-            while pending and len(running) < max(1, parallel):
+            while pending and len(running) < where.in_flight(parallel, len(units)):
                 unit = pending.pop(0)
-                running[unit_task.submit(catalog_path, unit, runner, force)] = unit
+                running[where.submit(unit_task, catalog_path=catalog_path, unit=unit, runner=runner, force=force)] = unit
             fut = next(as_completed(list(running)))
             unit = running.pop(fut)
             try:
