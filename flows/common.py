@@ -35,6 +35,7 @@ from prefect.utilities.annotations import quote
 from prefect.utilities.hashing import hash_objects
 
 from flows import progress as terminal
+from flows.runners import ray_node_id, unit_runner
 from vora_core.catalog import Catalog
 from vora_core.errors import StageError
 from vora_core.stages import NAMES
@@ -134,13 +135,19 @@ def run_unit_task(catalog: Catalog, unit: Unit, run_unit: Callable[..., dict], f
 
     def work(u: Unit) -> dict:
         with gpu_slot(slot):
-            return run_unit(catalog, u, **(hooks or {}))
+            return on_node(run_unit(catalog, u, **(hooks or {})))
 
     result = run_unit_with_marker(unit, work, force=force)
     best_effort("run log", get_run_logger().info, "%s %s: %s", unit.stage, unit.id, result.get("status"))
     if result["status"] == "skipped":  # the UI shows it as skipped, not as work done
         return Completed(name="Skipped", message=f"{unit.id}: marker matches, nothing to do", data=result)
     return result
+
+
+def on_node(stats: dict) -> dict:
+    """A unit's stats, with the Ray node that ran it (orchestration.runner: ray; local: unchanged)."""
+    node = ray_node_id()
+    return {**stats, "node": node} if node else stats
 
 
 def artifact_key(*parts: str) -> str:
@@ -172,6 +179,7 @@ def map_units(
     if not units:
         logger.info("%s: no units", label)
         return []
+    where = unit_runner(catalog, units[0].stage)  # this process, or a Ray cluster (orchestration.runner)
     unit_task = run_unit_task.with_options(
         task_run_name=f"{label}:{{unit.id}}",
         retries=retries,
@@ -191,10 +199,11 @@ def map_units(
     rows_done = 0
     try:
         while pending or running:
-            while pending and len(running) < max(1, parallel):
+            while pending and len(running) < where.in_flight(parallel, len(units)):
                 unit = pending.pop(0)
                 # quoted: Prefect passes them through as they are instead of walking them for futures
-                running[unit_task.submit(quote(catalog), unit, stage.run_unit, force, quote(hooks), slot)] = unit
+                running[where.submit(unit_task, catalog=quote(catalog), unit=unit, run_unit=stage.run_unit,
+                                     force=force, hooks=quote(hooks), slot=slot)] = unit
             fut = next(as_completed(list(running)))
             unit = running.pop(fut)
             try:

@@ -101,6 +101,37 @@ Source = Annotated[
     Field(discriminator="kind"),
 ]
 
+# -------------------------------------------------------------------------------------- orchestration
+
+
+class Resources(Strict):
+    """What one unit of a stage asks of a Ray node (orchestration.runner: ray; the local runner ignores it).
+    Null: the stage's default (vora_core/resources.py); settings here never change a unit's fingerprint."""
+
+    num_cpus: float | None = Field(None, ge=0)
+    num_gpus: float | None = Field(None, ge=0, description="null: the stage's default on a GPU cluster, 0 on a CPU one")
+    memory: int | None = Field(None, gt=0, description="bytes of memory reserved per unit (Ray's `memory`)")
+    custom: dict[str, float] = Field(default_factory=dict, description="Ray custom resources, e.g. {node_type_a100: 1}")
+
+
+class RaySettings(Strict):
+    address: str | None = Field(
+        None, description="auto (the cluster this machine joined) | ray://head:10001 | head:6379; null: a Ray "
+                          "instance on this machine, for the run")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="passed to ray.init (env_vars, pip, ...)")
+    connect_timeout_s: float = Field(10, gt=0, description="a cluster that does not answer in this time fails the run")
+    max_retries: int = Field(3, ge=0, description="times Ray reruns a unit whose node or worker died (a unit's own "
+                                                  "error is retried by the stage's unit_retries, not here)")
+    check_resources: bool = Field(True, description="fail at plan time when no live node fits a stage's resources "
+                                                    "(false for an autoscaling cluster that adds nodes on demand)")
+
+
+class OrchestrationSettings(Strict):
+    runner: Literal["local", "ray"] = Field(
+        "local", description="local: units run in this process (threads); ray: as Ray tasks on a cluster")
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+
 # ------------------------------------------------------------------------------------------- download
 
 
@@ -125,6 +156,7 @@ class DownloadSettings(Strict):
     unit_timeout_s: float = Field(3600, gt=0, description="hard limit for one unit's img2dataset child")
     parallel_units: int = Field(1, gt=0, description="units downloading at once (each has its own pool)")
     unit_retries: int = Field(2, ge=0, description="Prefect retries (with backoff) of a failed unit")
+    resources: Resources = Field(default_factory=Resources)
     max_failure_rate: float = Field(
         0.5, ge=0, le=1,
         description="the stage fails when more than this share of attempted rows failed (link rot alone "
@@ -235,6 +267,7 @@ class RecaptionSettings(Strict):
     unit_retries: int = Field(1, ge=0, description="Prefect retries (with backoff) of a failed shard; openai engine "
                               "only (local engines fail deterministically)")
     parallel_units: int = Field(1, gt=0, description="shards captioned at once")
+    resources: Resources = Field(default_factory=Resources)
     concurrency_limit: str | None = Field(
         "vora-gpu", description="Prefect global concurrency limit guarding GPU slots (none: unguarded)"
     )
@@ -290,6 +323,7 @@ class MergeSettings(Strict):
     probe_text: str = "Describe the image in one sentence."
     probe_seed: int = 0
     device: str = Field("auto", description="where the probe runs: auto | cpu | cuda | cuda:N")
+    resources: Resources = Field(default_factory=Resources)
 
 
 # ------------------------------------------------------------------------------------------- evaluate
@@ -321,6 +355,7 @@ class EvaluateSettings(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: fp32 on CPU, bf16 on GPU")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    resources: Resources = Field(default_factory=Resources)
     max_failure_rate: float = Field(
         0.05, ge=0, le=1,
         description="the stage fails when more than this share of questions was rejected (a benchmark file "
@@ -429,6 +464,7 @@ class TrainSettings(Strict):
     strategy: Literal["ddp", "fsdp2"] = "ddp"
     device: str = Field("auto", description="auto | cpu | cuda")
     cpu_threads: int | None = Field(None, gt=0, description="torch threads per rank on CPU (null: torch's default)")
+    resources: Resources = Field(default_factory=Resources)
     seed: int = 0
 
     @model_validator(mode="before")
@@ -562,6 +598,7 @@ class MixSettings(Strict):
     finetune: MixtureSettings = Field(default_factory=lambda: MixtureSettings(captions=None))
     memory_limit: str = Field("2GB", description="DuckDB memory_limit")
     threads: int = Field(2, gt=0, description="DuckDB threads")
+    resources: Resources = Field(default_factory=Resources)
     rows_per_part: int = Field(1_000_000, gt=0, description="text parquet part size (rows)")
     max_failure_rate: float = Field(
         0.5, ge=0, le=1,
@@ -592,6 +629,7 @@ class Catalog(Strict):
     merge: MergeSettings = Field(default_factory=MergeSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
 
     @model_validator(mode="after")
     def _source_names(self) -> Catalog:

@@ -14,13 +14,13 @@ def compose() -> dict:
 
 def test_services_and_dependencies():
     services = compose()["services"]
-    assert set(services) == {"postgres", "prefect-server", "worker", "vllm"}
+    assert set(services) == {"postgres", "prefect-server", "worker", "vllm", "ray-head", "ray-worker"}
     assert services["prefect-server"]["build"] == "."
     assert services["worker"]["image"] == services["prefect-server"]["image"]
     assert services["prefect-server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["worker"]["depends_on"]["prefect-server"]["condition"] == "service_healthy"
     assert services["vllm"]["profiles"] == ["vllm"]
-    for name in ("postgres", "prefect-server", "worker", "vllm"):
+    for name in ("postgres", "prefect-server", "worker", "vllm", "ray-head", "ray-worker"):
         assert services[name]["healthcheck"]["test"], name
         assert services[name]["restart"] == "unless-stopped", name
     # The worker's healthcheck asks the health server that --with-healthcheck starts (port 8080).
@@ -29,6 +29,19 @@ def test_services_and_dependencies():
     assert services["worker"]["working_dir"] == "/app"
     assert set(compose()["volumes"]) == {"pgdata", "runs", "hf-cache"}
     assert "runs:/app/runs" in services["worker"]["volumes"]
+
+
+def test_ray_profile_is_a_head_and_workers_from_the_project_image():
+    services = compose()["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["profiles"] == worker["profiles"] == ["ray"]
+    assert head["image"] == worker["image"] == services["prefect-server"]["image"]
+    assert head["command"][:5] == ["ray", "start", "--head", "--block", "--port=6379"]
+    assert worker["command"] == ["ray", "start", "--address=ray-head:6379", "--block"]
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    for svc in (head, worker):  # every node sees the run directory and reports to the Prefect server
+        assert "runs:/app/runs" in svc["volumes"]
+        assert svc["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
 
 
 def test_no_default_secrets_and_localhost_only():

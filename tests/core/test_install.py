@@ -30,6 +30,15 @@ def test_pinned_versions_that_work_together():
     assert (5, 20) <= _version("transformers") < (5, 21)  # vLLM accepts < 5.21; 5.17 lacks SubConfigSpec
 
 
+def test_the_ray_extra_installs_beside_prefect():
+    # `make setup` installs `.[dev,ray]`: Ray and prefect-ray leave the Prefect/fastapi pins above intact.
+    from prefect_ray import RayTaskRunner
+    from prefect_ray.context import remote_options
+
+    assert _version("ray")[:2] == (2, 60)
+    assert callable(remote_options) and RayTaskRunner().address is None
+
+
 def test_img2dataset_and_webdataset_import_together():
     import img2dataset
     import webdataset
