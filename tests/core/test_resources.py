@@ -77,8 +77,8 @@ def test_the_fit_check_needs_one_live_node_with_everything():
 def test_resources_never_change_a_fingerprint():
     from vora_core.caption import recaption
     from vora_core.data.download import OUTPUT_SETTINGS as DOWNLOAD_OUTPUT
-    from vora_core.merge_stage import OUTPUT_SETTINGS as MERGE_OUTPUT
-    from vora_core.train.stage import OPERATIONAL
+    from vora_core.stages.merge import OUTPUT_SETTINGS as MERGE_OUTPUT
+    from vora_core.train.prepare import OPERATIONAL
 
     plain = parse_catalog(BASE)
     asked = parse_catalog({**BASE, "recaption": {"resources": {"num_gpus": 8}}})
