@@ -132,11 +132,11 @@ def test_full_llm_flag_adds_the_variant_without_lora(tmp_path):
 def test_grid_training_length_applies_to_every_variant(tmp_path):
     c = catalog(tmp_path)
     grid = load_grid(ROOT / "ablations" / "paper-short.yaml")
-    assert (grid.pretrain_steps, grid.finetune_epochs) == (300, 0.5)
+    assert (grid.pretrain_steps, grid.finetune_epochs) == (150, 0.125)
     assert grid.variants.keys() == PAPER_GRID.variants.keys()
     got = {n: (variant_catalog(c, n, v, grid).pretrain.steps, variant_catalog(c, n, v, grid).finetune.epochs)
            for n, v in grid.variants.items()}
-    assert set(got.values()) == {(300, 0.5)}
+    assert set(got.values()) == {(150, 0.125)}
     v = variant_catalog(c, "vora", grid.variants["vora"], grid)
     assert (v.pretrain.epochs, v.finetune.steps) == (None, None)
     assert (v.pretrain.seed, v.pretrain.lr, v.pretrain.seq_len) == (c.pretrain.seed, c.pretrain.lr, c.pretrain.seq_len)

@@ -176,8 +176,10 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
 
 
 def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
-    """Per downloaded training image, `draws` multi-turn conversations asking every held-out question
-    kind in a seeded order; the first turn holds the image."""
+    """Per downloaded training image, `draws` multi-turn conversations in the held-out questions'
+    formats; the first turn holds the image. `layout: shuffled` asks every question in a seeded order;
+    `opening` opens the k-th conversation with the image's k-th question (cycling: multiple choice,
+    yes/no, short answers) and follows it with the other short-answer questions only."""
     from vora_core.eval.formats import prompt_text
     from vora_core.eval.heldout import KINDS, question_samples
     from vora_core.manifest import open_manifest
@@ -195,10 +197,10 @@ def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
         con.close()
     for draw in range(src.draws):
         seed = catalog.seed * 1000 + draw
-        asked: dict[str, list[tuple[str, str]]] = {row["row_id"]: [] for row in labels}
+        asked: dict[str, list[tuple[str, str, str]]] = {row["row_id"]: [] for row in labels}
         for kind in KINDS:  # all rows at once: the yes/no category alternates over rows, as in evaluation
             for s in question_samples(labels, lambda r: r["row_id"], kind, seed):
-                asked[s.images[0]].append((prompt_text(s), str(s.answer)))
+                asked[s.images[0]].append((prompt_text(s), str(s.answer), kind))
         for n, row in enumerate(labels):
             sid = f"{row['row_id']}/{draw}"
             try:
@@ -206,9 +208,18 @@ def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
                 if image is None:
                     raise Reject("missing_image", f"{row['row_id']} was not downloaded")
                 qa = list(asked[row["row_id"]])
-                random.Random(f"{seed}/{row['row_id']}").shuffle(qa)
+                if src.layout == "opening":
+                    # A later multiple-choice or yes/no turn would be given away by the earlier ones (the
+                    # colour already named; one presence question is always yes, the other no), which
+                    # evaluation never offers: those are asked first, or not at all.
+                    opening = qa[draw % len(qa)]
+                    qa = [q for q in qa if q[2] == "short" and q is not opening]
+                    random.Random(f"{seed}/{row['row_id']}").shuffle(qa)
+                    qa.insert(0, opening)
+                else:
+                    random.Random(f"{seed}/{row['row_id']}").shuffle(qa)
                 messages = []
-                for i, (question, answer) in enumerate(qa):
+                for i, (question, answer, _) in enumerate(qa):
                     text = question if i == 0 else question.removeprefix(IMAGE + "\n")
                     messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
                 writer.add(sid, messages, image)
