@@ -133,7 +133,9 @@ def test_grid_training_length_applies_to_every_variant(tmp_path):
     c = catalog(tmp_path)
     grid = load_grid(ROOT / "ablations" / "paper-short.yaml")
     assert (grid.pretrain_steps, grid.finetune_epochs) == (150, 0.125)
-    assert grid.variants.keys() == PAPER_GRID.variants.keys()
+    assert list(grid.variants) == ["vora", "vanilla", "bidir", "bidir-last"]
+    assert {n: v.model_overrides(8) for n, v in grid.variants.items()} == {
+        n: PAPER_GRID.variants[n].model_overrides(8) for n in grid.variants}
     got = {n: (variant_catalog(c, n, v, grid).pretrain.steps, variant_catalog(c, n, v, grid).finetune.epochs)
            for n, v in grid.variants.items()}
     assert set(got.values()) == {(150, 0.125)}
