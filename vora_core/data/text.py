@@ -175,6 +175,24 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
 # ------------------------------------------------------------------------------------- shapes vqa
 
 
+def conversation_order(asked: list[tuple[str, str, str]], layout: str, draw: int, seed: str) -> list[tuple[str, str, str]]:
+    """The turns of one shapes_vqa conversation from an image's (question, answer, kind) list.
+
+    `shuffled`: all of them in a seeded order. `opening`: the draw-th question first (cycling through
+    the list: multiple choice, yes/no, short answers), then the other short-answer questions in a seeded
+    order. A later multiple-choice or yes/no turn is given away by the earlier ones (the colour already
+    named; of the two presence questions one is always yes, the other no), which evaluation never
+    offers: under `opening` those are asked first or not at all."""
+    if layout == "opening":
+        opening = asked[draw % len(asked)]
+        rest = [q for q in asked if q[2] == "short" and q is not opening]
+        random.Random(seed).shuffle(rest)
+        return [opening, *rest]
+    qa = list(asked)
+    random.Random(seed).shuffle(qa)
+    return qa
+
+
 def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
     """Per downloaded training image, `draws` multi-turn conversations in the held-out questions'
     formats; the first turn holds the image. `layout: shuffled` asks every question in a seeded order;
@@ -207,17 +225,7 @@ def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
                 image = images.get(row["row_id"])
                 if image is None:
                     raise Reject("missing_image", f"{row['row_id']} was not downloaded")
-                qa = list(asked[row["row_id"]])
-                if src.layout == "opening":
-                    # A later multiple-choice or yes/no turn would be given away by the earlier ones (the
-                    # colour already named; one presence question is always yes, the other no), which
-                    # evaluation never offers: those are asked first, or not at all.
-                    opening = qa[draw % len(qa)]
-                    qa = [q for q in qa if q[2] == "short" and q is not opening]
-                    random.Random(f"{seed}/{row['row_id']}").shuffle(qa)
-                    qa.insert(0, opening)
-                else:
-                    random.Random(f"{seed}/{row['row_id']}").shuffle(qa)
+                qa = conversation_order(asked[row["row_id"]], src.layout, draw, f"{seed}/{row['row_id']}")
                 messages = []
                 for i, (question, answer, _) in enumerate(qa):
                     text = question if i == 0 else question.removeprefix(IMAGE + "\n")
