@@ -127,3 +127,20 @@ def test_full_llm_flag_adds_the_variant_without_lora(tmp_path):
     low = variant_catalog(c, "full-llm-low-lr", slower)
     assert (low.model.lora_rank, low.pretrain.lr, low.pretrain.seed) == (0, 1e-5, c.pretrain.seed)
     assert load_grid(ROOT / "ablations" / "paper.yaml", full_llm=True).variants["full-llm"].full_llm
+
+
+def test_grid_training_length_applies_to_every_variant(tmp_path):
+    c = catalog(tmp_path)
+    grid = load_grid(ROOT / "ablations" / "paper-short.yaml")
+    assert (grid.pretrain_steps, grid.finetune_epochs) == (150, 0.125)
+    assert list(grid.variants) == ["vora", "vanilla", "bidir", "bidir-last"]
+    assert {n: v.model_overrides(8) for n, v in grid.variants.items()} == {
+        n: PAPER_GRID.variants[n].model_overrides(8) for n in grid.variants}
+    got = {n: (variant_catalog(c, n, v, grid).pretrain.steps, variant_catalog(c, n, v, grid).finetune.epochs)
+           for n, v in grid.variants.items()}
+    assert set(got.values()) == {(150, 0.125)}
+    v = variant_catalog(c, "vora", grid.variants["vora"], grid)
+    assert (v.pretrain.epochs, v.finetune.steps) == (None, None)
+    assert (v.pretrain.seed, v.pretrain.lr, v.pretrain.seq_len) == (c.pretrain.seed, c.pretrain.lr, c.pretrain.seq_len)
+    plain = variant_catalog(c, "vora", grid.variants["vora"])  # without the grid: the catalog's length
+    assert (plain.pretrain.steps, plain.finetune.epochs) == (c.pretrain.steps, c.finetune.epochs)

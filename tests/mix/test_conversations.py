@@ -1,6 +1,7 @@
 """Text formats → canonical conversations: every format, malformed rows of each, counted reasons."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -206,3 +207,26 @@ def test_non_utf8_json_array_is_a_clear_error(tmp_path):
     c = catalog(tmp_path, x={"format": "sharegpt", "path": str(tmp_path / "bad.json")})
     with pytest.raises(DataError, match=r"bad.json is not UTF-8 .*; convert it first"):
         ingest(c, "x", tmp_path / "out")
+
+
+def test_shapes_vqa_layouts():
+    from vora_core.data.questions import KINDS, question_samples
+    from vora_core.data.text import conversation_order
+
+    label = {"row_id": "r0", "file": "0.png", "shape": "circle", "colour": "red", "background": "white",
+             "position": "top left"}
+    asked = [(s.question, str(s.answer), kind) for kind in KINDS
+             for s in question_samples([label], lambda r: "x", kind)]
+    assert [k for _, _, k in asked] == ["mc", "mc", "yesno", "yesno", "short", "short", "short", "short"]
+    shuffled = conversation_order(asked, "shuffled", 0, "0/r0")
+    assert sorted(shuffled) == sorted(asked) and shuffled == conversation_order(asked, "shuffled", 0, "0/r0")
+    # opening: the draw-th question first (cycling), then the other short-answer questions only
+    for draw in range(12):
+        turns = conversation_order(asked, "opening", draw, f"{draw}/r0")
+        assert turns[0] == asked[draw % 8]
+        assert sorted(turns[1:]) == sorted(q for q in asked[4:] if q != turns[0])
+    assert [len(conversation_order(asked, "opening", d, "s")) for d in range(8)] == [5, 5, 5, 5, 4, 4, 4, 4]
+    from vora_core.errors import CatalogError
+
+    with pytest.raises(CatalogError, match=r"text_sources\.shapes_vqa\.layout"):
+        catalog(Path("w"), shapes_vqa={"format": "shapes_vqa", "source": "shapes", "layout": "first"})

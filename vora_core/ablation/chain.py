@@ -54,7 +54,7 @@ def plan(catalog: Catalog, grid: Grid, only: list[str] | None = None) -> list[Un
     stages = check_stages(only)
     units = []
     for name, variant in grid.variants.items():
-        path = write_variant_catalog(catalog, name, variant)
+        path = write_variant_catalog(catalog, name, variant, grid)
         derived = load_catalog(path)
         pretrain_fp = train.pretrain.plan(derived)[0].fingerprint
         dumped = derived.model_dump(mode="json")

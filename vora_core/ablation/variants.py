@@ -64,6 +64,9 @@ class Grid(Strict):
     baseline: str = Field("vanilla", description="the variant the efficiency figure is relative to")
     thresholds: list[float] | None = Field(None, min_length=1, description="LM-loss targets; default: from the baseline's curve")
     smooth: int | None = Field(None, gt=0, description="moving-average window (steps); default: 1/20 of the run")
+    # The same for every variant (a fair comparison): a grid can be cheaper than the catalog's run.
+    pretrain_steps: int | None = Field(None, gt=0, description="pretraining steps per variant; default: the catalog's")
+    finetune_epochs: float | None = Field(None, gt=0, description="finetuning epochs per variant; default: the catalog's")
 
     @model_validator(mode="after")
     def _names(self) -> Grid:
@@ -139,8 +142,9 @@ def variant_root(catalog: Catalog, name: str) -> Path:
     return catalog.run.root / "ablations" / name
 
 
-def variant_catalog(catalog: Catalog, name: str, variant: Variant) -> Catalog:
-    """The run's catalog with the variant's model settings and its own stage directory."""
+def variant_catalog(catalog: Catalog, name: str, variant: Variant, grid: Grid | None = None) -> Catalog:
+    """The run's catalog with the variant's model settings (and the grid's training length) and its own
+    stage directory."""
     data = catalog.model_dump(mode="json")
     data["name"] = f"{catalog.name}-{name}"
     data["workdir"] = str(catalog.run.root)
@@ -148,12 +152,16 @@ def variant_catalog(catalog: Catalog, name: str, variant: Variant) -> Catalog:
     data["model"] = {**data["model"], **variant.model_overrides(catalog.model.lora_rank)}
     if variant.pretrain_lr is not None:
         data["pretrain"] = {**data["pretrain"], "lr": variant.pretrain_lr}  # the data order does not depend on it
+    if grid is not None and grid.pretrain_steps is not None:
+        data["pretrain"] = {**data["pretrain"], "steps": grid.pretrain_steps, "epochs": None}
+    if grid is not None and grid.finetune_epochs is not None:
+        data["finetune"] = {**data["finetune"], "epochs": grid.finetune_epochs, "steps": None}
     return parse_catalog(data, f"variant {name}")
 
 
-def write_variant_catalog(catalog: Catalog, name: str, variant: Variant) -> Path:
+def write_variant_catalog(catalog: Catalog, name: str, variant: Variant, grid: Grid | None = None) -> Path:
     """`ablations/<variant>/catalog.yaml`: what the variant's stages load (rewritten only on change)."""
-    derived = variant_catalog(catalog, name, variant)
+    derived = variant_catalog(catalog, name, variant, grid)
     path = variant_root(catalog, name) / "catalog.yaml"
     atomic_write_text(path, yaml.safe_dump(derived.model_dump(mode="json"), sort_keys=False))
     return path

@@ -175,9 +175,30 @@ def _llava(catalog: Catalog, name: str, src: TextSource, writer: PartWriter) -> 
 # ------------------------------------------------------------------------------------- shapes vqa
 
 
+def conversation_order(asked: list[tuple[str, str, str]], layout: str, draw: int,
+                       seed: str) -> list[tuple[str, str, str]]:
+    """The turns of one shapes_vqa conversation from an image's (question, answer, kind) list.
+
+    `shuffled`: all of them in a seeded order. `opening`: the draw-th question first (cycling through
+    the list: multiple choice, yes/no, short answers), then the other short-answer questions in a seeded
+    order. A later multiple-choice or yes/no turn is given away by the earlier ones (the colour already
+    named; of the two presence questions one is always yes, the other no), which evaluation never
+    offers: under `opening` those are asked first or not at all."""
+    if layout == "opening":
+        opening = asked[draw % len(asked)]
+        rest = [q for q in asked if q[2] == "short" and q is not opening]
+        random.Random(seed).shuffle(rest)
+        return [opening, *rest]
+    qa = list(asked)
+    random.Random(seed).shuffle(qa)
+    return qa
+
+
 def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
-    """Per downloaded training image, `draws` multi-turn conversations asking every held-out question
-    kind in a seeded order; the first turn holds the image."""
+    """Per downloaded training image, `draws` multi-turn conversations in the held-out questions'
+    formats; the first turn holds the image. `layout: shuffled` asks every question in a seeded order;
+    `opening` opens the k-th conversation with the image's k-th question (cycling: multiple choice,
+    yes/no, short answers) and follows it with the other short-answer questions only."""
     from vora_core.data.questions import KINDS, prompt_text, question_samples
     from vora_core.manifest import open_manifest
 
@@ -194,20 +215,19 @@ def _shapes_vqa(catalog: Catalog, src: TextSource, writer: PartWriter) -> None:
         con.close()
     for draw in range(src.draws):
         seed = catalog.seed * 1000 + draw
-        asked: dict[str, list[tuple[str, str]]] = {row["row_id"]: [] for row in labels}
+        asked: dict[str, list[tuple[str, str, str]]] = {row["row_id"]: [] for row in labels}
         for kind in KINDS:  # all rows at once: the yes/no category alternates over rows, as in evaluation
             for s in question_samples(labels, lambda r: r["row_id"], kind, seed):
-                asked[s.images[0]].append((prompt_text(s), str(s.answer)))
+                asked[s.images[0]].append((prompt_text(s), str(s.answer), kind))
         for n, row in enumerate(labels):
             sid = f"{row['row_id']}/{draw}"
             try:
                 image = images.get(row["row_id"])
                 if image is None:
                     raise Reject("missing_image", f"{row['row_id']} was not downloaded")
-                qa = list(asked[row["row_id"]])
-                random.Random(f"{seed}/{row['row_id']}").shuffle(qa)
+                qa = conversation_order(asked[row["row_id"]], src.layout, draw, f"{seed}/{row['row_id']}")
                 messages = []
-                for i, (question, answer) in enumerate(qa):
+                for i, (question, answer, _) in enumerate(qa):
                     text = question if i == 0 else question.removeprefix(IMAGE + "\n")
                     messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
                 writer.add(sid, messages, image)

@@ -39,7 +39,10 @@ def text_unit(catalog: Catalog, name: str) -> Unit:
     src = catalog.text_sources[name]
     # llava images are decoded, resized and re-encoded with the download settings
     images = {k: getattr(catalog.download, k) for k in OUTPUT_SETTINGS} if src.format == "llava" else None
-    fp = fingerprint("text", TEXT_FORMAT, src.model_dump(mode="json"), catalog.seed, catalog.mix.rows_per_part,
+    settings = src.model_dump(mode="json")
+    if settings["layout"] == "shuffled":  # the default before `layout` existed: older runs stay valid
+        del settings["layout"]
+    fp = fingerprint("text", TEXT_FORMAT, settings, catalog.seed, catalog.mix.rows_per_part,
                      _text_inputs(catalog, name), images)
     return Unit(stage=NAME, id=f"text:{name}", output=str(catalog.run.text(name)), fingerprint=fp,
                 params={"kind": "text", "name": name})
