@@ -201,9 +201,11 @@ def map_units(
         while pending or running:
             while pending and len(running) < where.in_flight(parallel, len(units)):
                 unit = pending.pop(0)
-                # quoted: Prefect passes them through as they are instead of walking them for futures
-                running[where.submit(unit_task, catalog=quote(catalog), unit=unit, run_unit=stage.run_unit,
-                                     force=force, hooks=quote(hooks), slot=slot)] = unit
+                # quoted locally: Prefect passes them through as they are instead of walking them for
+                # futures (prefect-ray would hand the quote itself to the task, so it gets them plain)
+                wrap = quote if where.local else (lambda x: x)
+                running[where.submit(unit_task, catalog=wrap(catalog), unit=unit, run_unit=stage.run_unit,
+                                     force=force, hooks=wrap(hooks), slot=slot)] = unit
             fut = next(as_completed(list(running)))
             unit = running.pop(fut)
             try:

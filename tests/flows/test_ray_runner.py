@@ -143,14 +143,14 @@ def test_a_unit_failing_for_a_data_reason_is_retried_a_bounded_number_of_times(r
 
     from flows.download import download_flow
     from vora_core.catalog import load_catalog
-    from vora_core.data import download
+    from vora_core.stages import download
     from vora_core.workdir import run_unit_with_marker
 
     path = catalog(tmp_path, tmp_path / "run", "ray", ray_cluster.address, name="raybad",
                    download={"unit_retries": 1})
     cat = load_catalog(path)
     for unit in download.prepare_units(cat):  # the url partitions, then one of them loses its url column
-        run_unit_with_marker(unit, lambda u: download.run_prepare(cat, u))
+        run_unit_with_marker(unit, lambda u: download.run_unit(cat, u))
     pq.write_table(pa.table({"link": ["nowhere"] * 4}), cat.run.sources("shapes") / "urls-00001.parquet")
 
     with pytest.raises(StageError) as e:
