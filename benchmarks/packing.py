@@ -10,7 +10,7 @@ documents) on packed rows of that `seq_len` holding the same number of tokens pe
 the same machine load; the figure is ms per sample (lower is better).
 
 Distributions: demo-pretrain / demo-finetune (the lengths in a run's samples.arrow, if --run is given;
-else the demo's shape: 64 vision tokens + a caption of 41-59 text tokens), paper-256 / paper-1024
+demo-pretrain else has the demo's shape: 64 vision tokens + 41-59 text tokens), paper-256 / paper-1024
 (captions of 30-300 tokens + 256 or 1,024 vision tokens, the paper's 448-px images).
 
     .venv/bin/python benchmarks/packing.py                    # the table (about 2 min on 2 quiet cores)
@@ -44,8 +44,8 @@ def distributions(run: Path | None, n: int, rng: np.random.Generator) -> dict[st
             from vora_core.train.samples import open_index
 
             out[f"demo-{stage}"] = open_index(index).column("length").to_numpy()
-    if not out:
-        out["demo"] = 64 + rng.integers(41, 60, n)
+    if "demo-pretrain" not in out:  # the demo's captions: 64 vision tokens + 41-59 text tokens
+        out["demo-pretrain"] = 64 + rng.integers(41, 60, n)
     out["paper-256"] = 256 + rng.integers(30, 301, n)
     out["paper-1024"] = 1024 + rng.integers(30, 301, n)
     return out
