@@ -71,24 +71,17 @@ def pretrain_teacher(teacher_dir: str | Path, src: SyntheticShapesSource, images
     total = epochs * -(-images // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.1)
     model.train()
-    threads = torch.get_num_threads()
-    # One thread: the tower's products (64 pictures x 64 tokens x width 64) are too small for a second
-    # OpenMP thread to pay, and on a busy machine a descheduled thread stalls every op of the other.
-    torch.set_num_threads(1)
-    try:
-        for epoch in range(epochs):
-            order = torch.randperm(images)
-            for start in range(0, images, batch_size):
-                batch = order[start:start + batch_size]
-                pooled = model(pixel_values=_normalise(x[batch], mean, std)).last_hidden_state.mean(1)
-                loss = sum(torch.nn.functional.cross_entropy(head(pooled), y[batch, k]) for k, head in enumerate(heads))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-            log.info("tiny teacher pretraining: epoch %d/%d, loss %.3f", epoch + 1, epochs, loss.item())
-    finally:
-        torch.set_num_threads(threads)
+    for epoch in range(epochs):
+        order = torch.randperm(images)
+        for start in range(0, images, batch_size):
+            batch = order[start:start + batch_size]
+            pooled = model(pixel_values=_normalise(x[batch], mean, std)).last_hidden_state.mean(1)
+            loss = sum(torch.nn.functional.cross_entropy(head(pooled), y[batch, k]) for k, head in enumerate(heads))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        log.info("tiny teacher pretraining: epoch %d/%d, loss %.3f", epoch + 1, epochs, loss.item())
     model.eval()
     with torch.no_grad():
         pooled = model(pixel_values=_normalise(x[images:], mean, std)).last_hidden_state.mean(1)
