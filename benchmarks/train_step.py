@@ -9,6 +9,8 @@ embeddings (target: < 3 % at a 4k-token batch).
     .venv/bin/python benchmarks/train_step.py --hidden 128 --layers 4 --steps 2   # quick
     .venv/bin/python benchmarks/train_step.py --compile --lm-loss-chunk 0   # compiled blocks, plain LM loss
     .venv/bin/python benchmarks/train_step.py --loader   # packing vs padding, loader vs step (benchmarks/train_loader.py)
+    .venv/bin/python benchmarks/train_step.py --compare --vocab 4096 --teacher-hidden 256 --row-tokens 4096 \
+        --image-share 1 --steps 3    # eager vs compiled, plain vs chunked LM loss; pretrain and finetune
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile each decoder block (regional)")
     parser.add_argument("--lm-loss-chunk", type=int, default=4096, help="label positions per LM-loss chunk; 0: plain")
+    parser.add_argument("--compare", action="store_true",
+                        help="instead: eager vs compiled and plain vs chunked LM loss, pretrain and finetune, "
+                             "steps interleaved so every variant sees the same machine load")
     parser.add_argument("--loader", action="store_true",
                         help="instead: packing vs padding and the data loader vs the step, through the stage code")
     args = parser.parse_args()
@@ -107,6 +112,9 @@ def main() -> None:
         run()
         return
 
+    if args.compare:
+        compare(args)
+        return
     torch.manual_seed(args.seed)
     text = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
                        num_hidden_layers=args.layers, num_attention_heads=args.heads,
@@ -166,6 +174,62 @@ def main() -> None:
     print(f"forward+backward: {mean:.2f} s/step, {tokens / mean:.0f} tokens/s")
     print(f"mask building + splicing: {sum(prep) / len(prep) * 1e3:.1f} ms/step = "
           f"{100 * sum(prep) / sum(step_times):.2f} % of the step (target < 3 %)")
+
+
+def build(args, stage: str, compiled: bool, chunk: int) -> VoRAForCausalLM:
+    """The benchmark's model for a stage (finetune: the merged shape, no LoRA, no teacher), seeded."""
+    torch.manual_seed(args.seed)
+    text = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
+                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                       num_key_value_heads=max(1, args.heads // 2), tie_word_embeddings=False)
+    teacher = None if stage == "finetune" else Aimv2VisionConfig(
+        hidden_size=args.teacher_hidden, intermediate_size=args.teacher_hidden * 11 // 4,
+        num_hidden_layers=args.teacher_layers, num_attention_heads=max(1, args.teacher_hidden // 64),
+        image_size=args.image_size, patch_size=args.patch_size, use_head=False)
+    config = VoRAConfig(text_config=text, teacher_config=teacher,
+                        lora_rank=args.lora_rank if stage == "pretrain" else 0,
+                        distill=args.distill if stage == "pretrain" else "none", image_size=args.image_size,
+                        patch_size=args.patch_size, image_token_id=IMAGE_TOKEN, attn_implementation=args.attn,
+                        lm_loss_chunk=chunk)
+    model = VoRAForCausalLM(config).to(args.device)
+    configure_trainable(model, stage)
+    if compiled:
+        from vora_core.model.compile import compile_blocks
+
+        compile_blocks(model)
+    return model.train()
+
+
+def compare(args) -> None:
+    """Tokens/s of eager vs compiled blocks and plain vs chunked LM loss, per stage; the variants take turns
+    step by step on the same batches. Step 0 (compilation, allocator warm-up) is reported apart."""
+    variants = [("eager", args.lm_loss_chunk), ("eager", 0), ("compiled", args.lm_loss_chunk)]
+    rng = random.Random(args.seed)
+    print(f"LLM {args.hidden}x{args.layers} vocab {args.vocab}, ViT {args.teacher_hidden}x{args.teacher_layers} at "
+          f"{args.image_size}/{args.patch_size}, LoRA r{args.lora_rank}, {args.batch} x {args.row_tokens} packed tokens, "
+          f"image share {args.image_share}, {args.device}, {torch.get_num_threads()} threads, fp32")
+    print("| stage | blocks | LM loss | step 0 (s) | s/step | tokens/s | vs eager, chunked |")
+    print("|---|---|---|---|---|---|---|")
+    for stage in ("pretrain", "finetune"):
+        models = [build(args, stage, mode == "compiled", chunk) for mode, chunk in variants]
+        tokens_per_image = models[0].config.num_image_tokens(args.image_size, args.image_size)
+        times: list[list[float]] = [[] for _ in variants]
+        for _ in range(args.steps + 1):
+            ids, docs, labels, images = build_batch(args, rng, tokens_per_image)
+            for k, model in enumerate(models):
+                start = time.perf_counter()
+                model(input_ids=ids.to(args.device), pixel_values=[im.to(args.device) for im in images] or None,
+                      doc_ids=docs.to(args.device), labels=labels.to(args.device)).loss.backward()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                times[k].append(time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+        base = sorted(times[0][1:])[len(times[0][1:]) // 2]
+        for (mode, chunk), t in zip(variants, times, strict=True):
+            step_s = sorted(t[1:])[len(t[1:]) // 2]  # median of the timed steps
+            print(f"| {stage} | {mode} | {'chunked ' + str(chunk) if chunk else 'plain'} | {t[0]:.1f} | {step_s:.2f} | "
+                  f"{args.batch * args.row_tokens / step_s:.0f} | {base / step_s:.2f}x |", flush=True)
+        del models
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def set_defaults() -> None:
     # transformers' and huggingface_hub's tqdm bars ("Loading weights", "Writing model shards") would
     # interleave with the log lines (and fill log files with carriage returns).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Before torch loads OpenMP: threads wait by sleeping, not spinning (a busy machine, README "Performance").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def check_api_url(url: str) -> None:

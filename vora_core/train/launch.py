@@ -98,6 +98,16 @@ def _tail(path: Path, start: int = 0, chars: int = 3000) -> str:
         return ""
 
 
+def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The training ranks' environment: ours, `env` over it, and defaults a user's own values override."""
+    child_env = {**os.environ, **(env or {})}
+    child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP threads that wait by sleeping, not spinning: on a busy CPU a spinning thread holds the core
+    # its descheduled partner needs, and every op waits on both (README "Performance": 3-7x slower steps).
+    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return child_env
+
+
 def launch(spec: RunSpec, on_progress: Callable[[dict], None] | None = None, poll_s: float = 1.0,
            env: dict[str, str] | None = None, run_id: str = "vora") -> dict:
     """Run the spec to completion; returns the stats rank 0 wrote. Raises `TrainingFailed` on failure."""
@@ -106,8 +116,7 @@ def launch(spec: RunSpec, on_progress: Callable[[dict], None] | None = None, pol
     spec_path = spec.save(out / "spec.json")
     log_path = out / "train.log"
     cmd = torchrun_command(spec_path, spec.settings, run_id)
-    child_env = {**os.environ, **(env or {})}
-    child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    child_env = child_environment(env)
     log.info("launching: %s", " ".join(cmd))
     stats_path = out / "run_stats.json"
     stats_path.unlink(missing_ok=True)
