@@ -146,7 +146,7 @@ def test_build_model_applies_compile_and_lm_loss_chunk(world, tmp_path, compile_
     from vora_core.train.spec import RunSpec
 
     _, fields = vora_config(world, "square")
-    settings = {"compile": True, "lm_loss_chunk": 7} if compile_on else {}  # False / 4096: the defaults
+    settings = {"compile": True, "lm_loss_chunk": 7} if compile_on else {}  # auto (off on CPU) / 4096: defaults
     model_spec = {"init": "parts", "llm": str(world.llm), "teacher": str(world.teacher), "fields": fields}
     spec = RunSpec("pretrain", str(tmp_path), str(tmp_path / "samples.arrow"), str(world.llm), model_spec,
                    PretrainSettings(**settings).model_dump())
@@ -154,3 +154,14 @@ def test_build_model_applies_compile_and_lm_loss_chunk(world, tmp_path, compile_
     assert model.config.lm_loss_chunk == chunk
     compiled = [getattr(layer, "_vora_compiled", False) for layer in model.llm.get_decoder().layers]
     assert compiled == [compile_on] * len(compiled)
+
+
+def test_compile_auto_compiles_on_cuda_only():
+    from vora_core.catalog import PretrainSettings
+    from vora_core.train.loop import compile_wanted
+
+    assert PretrainSettings().compile == "auto"
+    assert [compile_wanted("auto", d) for d in ("cpu", "cuda")] == [False, True]
+    assert [compile_wanted(v, "cpu") for v in (True, False)] == [True, False]
+    assert [compile_wanted(v, "cuda") for v in (True, False)] == [True, False]
+    assert PretrainSettings(compile=True).compile is True

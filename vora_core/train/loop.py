@@ -92,8 +92,14 @@ def seed_all(seed: int) -> None:
 # ----------------------------------------------------------------------------------------- model
 
 
-def build_model(spec: RunSpec):
-    """The VoRA model of the spec, in float32 (master weights), with the stage's trainable set."""
+def compile_wanted(setting: bool | str, device_type: str) -> bool:
+    """`compile: auto` compiles where it was measured to pay: on CUDA, not on CPU (README Performance)."""
+    return device_type == "cuda" if setting == "auto" else bool(setting)
+
+
+def build_model(spec: RunSpec, device_type: str = "cpu"):
+    """The VoRA model of the spec, in float32 (master weights), with the stage's trainable set; its
+    decoder blocks compiled when `compile` asks for it on `device_type`."""
     from vora_core.model.lora import configure_trainable
     from vora_core.model.modeling import VoRAForCausalLM, load_vora
 
@@ -105,7 +111,7 @@ def build_model(spec: RunSpec):
         model = load_vora(m.path, dtype=torch.float32, attn_implementation=spec.attn_implementation)
     model.config.lm_loss_chunk = spec.settings.lm_loss_chunk
     counts = configure_trainable(model, spec.stage)
-    if spec.settings.compile:
+    if compile_wanted(spec.settings.compile, device_type):
         from vora_core.model.compile import compile_blocks
 
         compile_blocks(model)
@@ -268,7 +274,7 @@ class Trainer:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
-        self.module, self.trainable_counts = build_model(spec)
+        self.module, self.trainable_counts = build_model(spec, dist.device.type)
         module = self.module
         if s.grad_checkpointing:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
