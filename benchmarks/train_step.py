@@ -8,7 +8,8 @@ embeddings (target: < 3 % at a 4k-token batch).
     .venv/bin/python benchmarks/train_step.py                      # DESIGN's reference-sized config
     .venv/bin/python benchmarks/train_step.py --hidden 128 --layers 4 --steps 2   # quick
     .venv/bin/python benchmarks/train_step.py --compile --lm-loss-chunk 0   # compiled blocks, plain LM loss
-    .venv/bin/python benchmarks/train_step.py --loader   # packing vs padding, loader vs step (benchmarks/train_loader.py)
+    .venv/bin/python benchmarks/train_step.py --loader   # packing vs padding, loader vs step
+                                                         # (benchmarks/train_loader.py)
     .venv/bin/python benchmarks/train_step.py --compare --vocab 4096 --teacher-hidden 256 --row-tokens 4096 \
         --image-share 1 --steps 3    # eager vs compiled, plain vs chunked LM loss; pretrain and finetune
 """
@@ -120,7 +121,8 @@ def main() -> None:
                        num_hidden_layers=args.layers, num_attention_heads=args.heads,
                        num_key_value_heads=max(1, args.heads // 2), tie_word_embeddings=False)
     teacher = Aimv2VisionConfig(hidden_size=args.teacher_hidden, intermediate_size=args.teacher_hidden * 11 // 4,
-                                num_hidden_layers=args.teacher_layers, num_attention_heads=max(1, args.teacher_hidden // 64),
+                                num_hidden_layers=args.teacher_layers,
+                                num_attention_heads=max(1, args.teacher_hidden // 64),
                                 image_size=args.image_size, patch_size=args.patch_size, use_head=False)
     config = VoRAConfig(text_config=text, teacher_config=teacher, lora_rank=args.lora_rank, distill=args.distill,
                         image_size=args.image_size, patch_size=args.patch_size, image_token_id=IMAGE_TOKEN,
@@ -159,7 +161,8 @@ def main() -> None:
         prep.append(TIMED["masks"] + TIMED["splice"])
         n_images += len(images)
         print(f"step {step}: {elapsed:.2f} s, loss {out.loss.item():.3f} (lm {out.lm_loss.item():.3f}, "
-              f"distill {0.0 if out.distill_loss is None else out.distill_loss.item():.3f}), masks {TIMED['masks'] * 1e3:.1f} ms, "
+              f"distill {0.0 if out.distill_loss is None else out.distill_loss.item():.3f}), "
+              f"masks {TIMED['masks'] * 1e3:.1f} ms, "
               f"splice {TIMED['splice'] * 1e3:.1f} ms, {len(images)} images")
     tokens = args.batch * args.row_tokens
     mean = sum(step_times) / len(step_times)
@@ -206,7 +209,8 @@ def compare(args) -> None:
     variants = [("eager", args.lm_loss_chunk), ("eager", 0), ("compiled", args.lm_loss_chunk)]
     rng = random.Random(args.seed)
     print(f"LLM {args.hidden}x{args.layers} vocab {args.vocab}, ViT {args.teacher_hidden}x{args.teacher_layers} at "
-          f"{args.image_size}/{args.patch_size}, LoRA r{args.lora_rank}, {args.batch} x {args.row_tokens} packed tokens, "
+          f"{args.image_size}/{args.patch_size}, LoRA r{args.lora_rank}, "
+          f"{args.batch} x {args.row_tokens} packed tokens, "
           f"image share {args.image_share}, {args.device}, {torch.get_num_threads()} threads, fp32")
     print("| stage | blocks | LM loss | step 0 (s) | s/step | tokens/s | vs eager, chunked |")
     print("|---|---|---|---|---|---|---|")

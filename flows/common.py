@@ -180,6 +180,9 @@ def map_units(
         logger.info("%s: no units", label)
         return []
     where = unit_runner(catalog, units[0].stage)  # this process, or a Ray cluster (orchestration.runner)
+    # quoted locally: Prefect passes them through as they are instead of walking them for futures
+    # (prefect-ray would hand the quote itself to the task, so it gets them plain)
+    wrap = quote if where.local else (lambda x: x)
     unit_task = run_unit_task.with_options(
         task_run_name=f"{label}:{{unit.id}}",
         retries=retries,
@@ -201,9 +204,6 @@ def map_units(
         while pending or running:
             while pending and len(running) < where.in_flight(parallel, len(units)):
                 unit = pending.pop(0)
-                # quoted locally: Prefect passes them through as they are instead of walking them for
-                # futures (prefect-ray would hand the quote itself to the task, so it gets them plain)
-                wrap = quote if where.local else (lambda x: x)
                 running[where.submit(unit_task, catalog=wrap(catalog), unit=unit, run_unit=stage.run_unit,
                                      force=force, hooks=wrap(hooks), slot=slot)] = unit
             fut = next(as_completed(list(running)))

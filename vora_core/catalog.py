@@ -534,10 +534,11 @@ class TextSource(Strict):
     image_dir: str | None = Field(None, description="llava: the folder the `image` paths are relative to")
     source: str | None = Field(None, description="shapes_vqa: the synthetic_shapes source")
     draws: int = Field(1, gt=0, description="shapes_vqa: conversations per image (options drawn anew)")
-    layout: Literal["shuffled", "opening"] = Field(
+    layout: Literal["shuffled", "opening", "single"] = Field(
         "shuffled", description="shapes_vqa: `shuffled`: every question in a seeded order; `opening`: the k-th "
         "conversation of an image opens with its k-th question (multiple choice and yes/no first), the "
-        "short-answer questions follow, so no earlier turn gives the opening answer away")
+        "short-answer questions follow, so no earlier turn gives the opening answer away; `single`: the "
+        "k-th conversation is the image's k-th question alone, as evaluation asks it")
     limit: int | None = Field(None, gt=0, description="first N rows only")
 
     @model_validator(mode="after")

@@ -435,7 +435,8 @@ def demo_pretrain_steps(run: Run) -> dict:
             break
     done = len(times) - 1
     return {"status": "ok" if done == steps else "partial", "config": asdict(c), "device": device, "steps": done,
-            "step_s": sum(times[1:]) / max(1, done), "seconds": sum(times), "tokens_per_step": batch["input_ids"].numel(),
+            "step_s": sum(times[1:]) / max(1, done), "seconds": sum(times),
+            "tokens_per_step": batch["input_ids"].numel(),
             "final_loss": float(loss.detach())}
 
 

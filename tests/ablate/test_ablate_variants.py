@@ -21,13 +21,15 @@ VORA = str(Path(sys.executable).with_name("vora"))
 
 
 def catalog(tmp_path: Path, rank: int = 8):
-    return parse_catalog({"name": "abl", "workdir": str(tmp_path / "run"), "sources": {"s": {"kind": "synthetic_shapes"}},
+    return parse_catalog({"name": "abl", "workdir": str(tmp_path / "run"),
+                          "sources": {"s": {"kind": "synthetic_shapes"}},
                           "model": {"lora_rank": rank}})
 
 
 def test_default_grid_is_the_papers_table_2(tmp_path):
     c = catalog(tmp_path, rank=8)
-    got = {name: {k: getattr(variant_catalog(c, name, v).model, k) for k in ("vision_attention", "distill", "lora_rank")}
+    keys = ("vision_attention", "distill", "lora_rank")
+    got = {name: {k: getattr(variant_catalog(c, name, v).model, k) for k in keys}
            for name, v in PAPER_GRID.variants.items()}
     assert got == {
         "vanilla": {"vision_attention": "causal", "distill": "none", "lora_rank": 8},
@@ -144,3 +146,7 @@ def test_grid_training_length_applies_to_every_variant(tmp_path):
     assert (v.pretrain.seed, v.pretrain.lr, v.pretrain.seq_len) == (c.pretrain.seed, c.pretrain.lr, c.pretrain.seq_len)
     plain = variant_catalog(c, "vora", grid.variants["vora"])  # without the grid: the catalog's length
     assert (plain.pretrain.steps, plain.finetune.epochs) == (c.pretrain.steps, c.finetune.epochs)
+    demo = load_grid(ROOT / "ablations" / "paper-demo.yaml")  # the README's run: the whole grid, 400 steps
+    assert (demo.pretrain_steps, demo.finetune_epochs, demo.baseline) == (400, 0.25, "vanilla")
+    assert {n: v.model_overrides(8) for n, v in demo.variants.items()} == \
+        {n: v.model_overrides(8) for n, v in PAPER_GRID.variants.items()}

@@ -1,6 +1,6 @@
 """The whole pipeline on a small copy of the demo: a fresh run, a rerun that rewrites nothing, stage
 selection, settings changes that rerun only what they affect, and crash-and-rerun (SIGKILL during
-recaption and during pretrain, in a real `vora run` process)."""
+recaption, then during pretrain, in a real `vora run` process)."""
 
 from __future__ import annotations
 
@@ -162,36 +162,38 @@ def rerun(catalog: Path, until: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def test_sigkill_during_recaption_then_rerun_redoes_only_unfinished_shards(tmp_path):
-    catalog = small_demo(tmp_path, "killrecap", recaption={"batch_size": 2, "max_new_tokens": 16})
+def test_sigkill_during_recaption_then_during_pretrain_then_rerun_resumes_both(tmp_path):
+    """One run killed twice (one catalog, so the shared stages are paid for once): the rerun after a
+    kill in recaption redoes only the unfinished shards, the rerun after a kill in pretraining resumes
+    from its checkpoint and redoes none of the finished data stages."""
+    catalog = small_demo(tmp_path, "kill", recaption={"batch_size": 2, "max_new_tokens": 16},
+                         pretrain={"steps": 8, "checkpoint_every": 2})
     run = load_catalog(catalog).run
     captions = run.root / "captions" / "shapes"
+    checkpoints = run.root / "pretrain" / "checkpoints"
 
     def first_shard_captioned() -> bool:
         return len(list(captions.glob("*.parquet.done.json"))) >= 1
 
-    run_until(catalog, first_shard_captioned, "mix")
+    def has_checkpoint() -> bool:
+        return any(checkpoints.glob("step-*")) if checkpoints.exists() else False
+
+    run_until(catalog, first_shard_captioned, "pretrain")
     finished_before = {p.name: p.stat().st_mtime_ns for p in captions.glob("*.parquet.done.json")}
     assert 1 <= len(finished_before) < 4  # killed mid-stage
-    rerun(catalog, "mix")
+    assert not checkpoints.exists()
+
+    run_until(catalog, has_checkpoint, "pretrain")  # the rerun finishes recaption and mix, then is killed
     after = {p.name: p.stat().st_mtime_ns for p in captions.glob("*.parquet.done.json")}
     assert len(after) == 4
     assert {k: after[k] for k in finished_before} == finished_before  # finished shards were not redone
     assert (run.root / "mixture" / "finetune" / "stats.json").exists()
+    assert not (run.root / "pretrain" / "final").exists()  # killed mid-pretraining
 
-
-def test_sigkill_during_pretrain_then_rerun_resumes(tmp_path):
-    catalog = small_demo(tmp_path, "killtrain", pretrain={"steps": 8, "checkpoint_every": 2})
-    run = load_catalog(catalog).run
-    checkpoints = run.root / "pretrain" / "checkpoints"
-
-    def has_checkpoint() -> bool:
-        return any(checkpoints.glob("step-*")) if checkpoints.exists() else False
-
-    run_until(catalog, has_checkpoint, "pretrain")
-    download_markers = {p: p.stat().st_mtime_ns for p in (run.root / "shards").rglob("*.done.json")}
+    data_markers = {p: p.stat().st_mtime_ns for d in ("shards", "captions", "mixture")
+                    for p in (run.root / d).rglob("*.done.json")}
     rerun(catalog, "pretrain")
-    assert {p: p.stat().st_mtime_ns for p in download_markers} == download_markers
+    assert {p: p.stat().st_mtime_ns for p in data_markers} == data_markers
     steps = [json.loads(line)["step"] for line in (run.root / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # resumed: every step once, in order
     assert read_marker(run.root / "pretrain" / "final")["stats"]["steps"] == 8

@@ -226,6 +226,8 @@ def test_shapes_vqa_layouts():
         assert turns[0] == asked[draw % 8]
         assert sorted(turns[1:]) == sorted(q for q in asked[4:] if q != turns[0])
     assert [len(conversation_order(asked, "opening", d, "s")) for d in range(8)] == [5, 5, 5, 5, 4, 4, 4, 4]
+    # single: the draw-th question alone, as evaluation asks it
+    assert [conversation_order(asked, "single", d, "s") for d in range(10)] == [[asked[d % 8]] for d in range(10)]
     from vora_core.errors import CatalogError
 
     with pytest.raises(CatalogError, match=r"text_sources\.shapes_vqa\.layout"):

@@ -163,7 +163,8 @@ def table_markdown(rows: list[dict], eff: dict[str, Any]) -> str:
     lines += ["", f"Data order: {'the same for every variant' if len(orders) == 1 else 'DIFFERS between variants'}"
               f" (sample index {', '.join(sorted(orders)) or 'not built yet'}, same training seed).", "",
               "## Ordering", "",
-              f"* ours, by final smoothed LM loss (lowest first): {', '.join(ordering(rows, 'final_lm_loss_smoothed', False)) or '–'}",
+              "* ours, by final smoothed LM loss (lowest first): "
+              f"{', '.join(ordering(rows, 'final_lm_loss_smoothed', False)) or '–'}",
               f"* paper, by pretraining loss (lowest first, §5.2): {', '.join(PAPER_LOSS_ORDER)}",
               f"* ours, by average held-out score (highest first): {', '.join(ordering(rows, 'average', True)) or '–'}",
               f"* paper, by Table 2 average (highest first): {', '.join(ordering(rows, 'paper_average', True)) or '–'}",

@@ -62,11 +62,13 @@ class Grid(Strict):
 
     variants: dict[str, Variant] = Field(min_length=1)
     baseline: str = Field("vanilla", description="the variant the efficiency figure is relative to")
-    thresholds: list[float] | None = Field(None, min_length=1, description="LM-loss targets; default: from the baseline's curve")
+    thresholds: list[float] | None = Field(None, min_length=1,
+                                           description="LM-loss targets; default: from the baseline's curve")
     smooth: int | None = Field(None, gt=0, description="moving-average window (steps); default: 1/20 of the run")
     # The same for every variant (a fair comparison): a grid can be cheaper than the catalog's run.
     pretrain_steps: int | None = Field(None, gt=0, description="pretraining steps per variant; default: the catalog's")
-    finetune_epochs: float | None = Field(None, gt=0, description="finetuning epochs per variant; default: the catalog's")
+    finetune_epochs: float | None = Field(None, gt=0,
+                                         description="finetuning epochs per variant; default: the catalog's")
 
     @model_validator(mode="after")
     def _names(self) -> Grid:

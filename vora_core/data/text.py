@@ -181,9 +181,11 @@ def conversation_order(asked: list[tuple[str, str, str]], layout: str, draw: int
 
     `shuffled`: all of them in a seeded order. `opening`: the draw-th question first (cycling through
     the list: multiple choice, yes/no, short answers), then the other short-answer questions in a seeded
-    order. A later multiple-choice or yes/no turn is given away by the earlier ones (the colour already
-    named; of the two presence questions one is always yes, the other no), which evaluation never
-    offers: under `opening` those are asked first or not at all."""
+    order. `single`: the draw-th question alone. A later multiple-choice or yes/no turn is given away by
+    the earlier ones (the colour already named; of the two presence questions one is always yes, the
+    other no), which evaluation never offers: under `opening` those are asked first or not at all."""
+    if layout == "single":
+        return [asked[draw % len(asked)]]
     if layout == "opening":
         opening = asked[draw % len(asked)]
         rest = [q for q in asked if q[2] == "short" and q is not opening]
