@@ -184,10 +184,10 @@ def conversation_order(asked: list[tuple[str, str, str]], layout: str, draw: int
     order. `single`: the draw-th question alone. A later multiple-choice or yes/no turn is given away by
     the earlier ones (the colour already named; of the two presence questions one is always yes, the
     other no), which evaluation never offers: under `opening` those are asked first or not at all."""
-    if layout == "single":
-        return [asked[draw % len(asked)]]
-    if layout == "opening":
+    if layout in ("single", "opening"):
         opening = asked[draw % len(asked)]
+        if layout == "single":
+            return [opening]
         rest = [q for q in asked if q[2] == "short" and q is not opening]
         random.Random(seed).shuffle(rest)
         return [opening, *rest]
