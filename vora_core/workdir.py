@@ -150,11 +150,16 @@ class Unit:
     output: str
     fingerprint: str
     params: dict[str, Any] = field(default_factory=dict)
+    # The same inputs' fingerprint in an earlier format: a run made before the format changed stays done.
+    earlier_fingerprints: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:
         """Marker matches and the output is still there (a deleted output is redone)."""
-        return Path(self.output).exists() and is_done(self.output, self.fingerprint)
+        if not Path(self.output).exists():
+            return False
+        marker = read_marker(self.output)
+        return marker is not None and marker.get("fingerprint") in (self.fingerprint, *self.earlier_fingerprints)
 
 
 def run_unit_with_marker(unit: Unit, work: Callable[[Unit], dict], force: bool = False) -> dict:

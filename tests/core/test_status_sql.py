@@ -147,6 +147,15 @@ def test_moved_run_directory_still_opens_and_manifest_sql_runs_anywhere(run_dir,
         out = subprocess.run([sys.executable, "-c", script], cwd=moved, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == before
+        # the same catalog run from the new place redoes nothing (fingerprints name files under the run)
+        shutil.copytree(run_dir / "demo_text", moved.parent / "demo_text")  # copy2: mtimes kept, as `cp -a`
+        (moved.parent / "c.yaml").write_text((run_dir / "c.yaml").read_text())
+        out = vora("status", "c.yaml", "--json", cwd=moved.parent)
+        assert out.returncode == 0, out.stderr
+        stages = json.loads(out.stdout)["stages"]
+        assert {r["unit"]: r["done"] for r in stages["mix"]} == {
+            "text:chat_sharegpt": True, "text:orca": True, "mixture:pretrain": True}
+        assert stages["download"][0]["units_pending"] == 0
     finally:
         (run_dir / "run-away").rename(run_dir / "run")
 

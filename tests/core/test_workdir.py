@@ -60,6 +60,10 @@ def test_marker_skips_matching_fingerprint_and_reruns_otherwise(tmp_path):
     assert run_unit_with_marker(changed, work)["status"] == "done"
     assert run_unit_with_marker(changed, work, force=True)["status"] == "done"
     assert calls == ["u1", "u1", "u1"]
+    # a marker in an earlier fingerprint format of the same inputs still counts as done
+    newer = Unit(stage="s", id="u1", output=unit.output, fingerprint="f3", earlier_fingerprints=("f2",))
+    assert newer.done and run_unit_with_marker(newer, work)["status"] == "skipped"
+    assert calls == ["u1", "u1", "u1"]
 
 
 def test_deleted_output_is_redone_and_failure_leaves_no_marker(tmp_path):

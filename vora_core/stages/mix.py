@@ -22,11 +22,20 @@ from vora_core.workdir import Unit, atomic_path, fingerprint, read_marker
 NAME = "mix"
 
 
-def _text_inputs(catalog: Catalog, name: str) -> list:
+def _run_files(catalog: Catalog, pattern: Path, absolute: bool = False) -> list[list]:
+    """The identity of files inside the run directory, named by their path under it: a run directory
+    copied or moved elsewhere (`cp -a`, mtimes kept) stays done. `absolute`: the format before stop 23
+    (absolute paths), accepted as done so that older runs are not rebuilt."""
+    root = str(catalog.run.root) + "/"
+    identities = file_identities(str(pattern))
+    return identities if absolute else [[str(name).removeprefix(root), *rest] for name, *rest in identities]
+
+
+def _text_inputs(catalog: Catalog, name: str, absolute: bool = False) -> list:
     src = catalog.text_sources[name]
     if src.format == "shapes_vqa":
-        return [file_identities(str(catalog.run.sources(str(src.source)) / "labels.parquet")),
-                file_identities(str(catalog.run.shards(str(src.source)) / "*.parquet"))]
+        return [_run_files(catalog, catalog.run.sources(str(src.source)) / "labels.parquet", absolute),
+                _run_files(catalog, catalog.run.shards(str(src.source)) / "*.parquet", absolute)]
     if src.path and "://" not in src.path:
         p = Path(src.path)
         pattern = str(p / "*") if p.is_dir() else src.path
@@ -35,31 +44,39 @@ def _text_inputs(catalog: Catalog, name: str) -> list:
     return [src.path]
 
 
-def text_unit(catalog: Catalog, name: str) -> Unit:
+def _text_fingerprint(catalog: Catalog, name: str, absolute: bool = False) -> str:
     src = catalog.text_sources[name]
     # llava images are decoded, resized and re-encoded with the download settings
     images = {k: getattr(catalog.download, k) for k in OUTPUT_SETTINGS} if src.format == "llava" else None
     settings = src.model_dump(mode="json")
     if settings["layout"] == "shuffled":  # the default before `layout` existed: older runs stay valid
         del settings["layout"]
-    fp = fingerprint("text", TEXT_FORMAT, settings, catalog.seed, catalog.mix.rows_per_part,
-                     _text_inputs(catalog, name), images)
+    return fingerprint("text", TEXT_FORMAT, settings, catalog.seed, catalog.mix.rows_per_part,
+                       _text_inputs(catalog, name, absolute), images)
+
+
+def text_unit(catalog: Catalog, name: str) -> Unit:
+    fp, earlier = _text_fingerprint(catalog, name), _text_fingerprint(catalog, name, absolute=True)
     return Unit(stage=NAME, id=f"text:{name}", output=str(catalog.run.text(name)), fingerprint=fp,
-                params={"kind": "text", "name": name})
+                params={"kind": "text", "name": name}, earlier_fingerprints=(earlier,) if earlier != fp else ())
 
 
-def mixture_unit(catalog: Catalog, stage: str) -> Unit:
+def _mixture_fingerprint(catalog: Catalog, stage: str, absolute: bool = False) -> str:
     m: MixtureSettings = getattr(catalog.mix, stage)
     captions = []
     if m.captions is not None:
         for source in caption_sources(catalog, m):
-            captions.append(file_identities(str(catalog.run.shards(source) / "?????.parquet")))
+            captions.append(_run_files(catalog, catalog.run.shards(source) / "?????.parquet", absolute))
             if m.captions.policy != "alt":
-                captions.append(file_identities(str(catalog.run.captions(source) / "*.parquet")))
-    texts = {name: text_unit(catalog, name).fingerprint for name in m.text}
-    fp = fingerprint("mixture", MIXTURE_FORMAT, stage, m.model_dump(mode="json"), captions, texts)
+                captions.append(_run_files(catalog, catalog.run.captions(source) / "*.parquet", absolute))
+    texts = {name: _text_fingerprint(catalog, name, absolute) for name in m.text}
+    return fingerprint("mixture", MIXTURE_FORMAT, stage, m.model_dump(mode="json"), captions, texts)
+
+
+def mixture_unit(catalog: Catalog, stage: str) -> Unit:
+    fp, earlier = _mixture_fingerprint(catalog, stage), _mixture_fingerprint(catalog, stage, absolute=True)
     return Unit(stage=NAME, id=f"mixture:{stage}", output=str(catalog.run.mixture(stage)), fingerprint=fp,
-                params={"kind": "mixture", "name": stage})
+                params={"kind": "mixture", "name": stage}, earlier_fingerprints=(earlier,) if earlier != fp else ())
 
 
 def plan(catalog: Catalog) -> list[Unit]:
