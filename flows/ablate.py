@@ -7,6 +7,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import progress as terminal
 from flows.common import artifact_key, map_units, png_markdown
 from flows.pipeline import vora_pipeline
 from vora_core.ablation import chain, report
@@ -35,6 +36,17 @@ def publish_report(catalog: Catalog, grid: Grid) -> dict | None:
         return None
 
 
+def variant_progress(record: dict) -> None:
+    """The `on_progress` hook of a variant: a `<variant> <stage>: n/N steps` meter per training run
+    (log lines in the flow's log and the UI while a variant trains). Never raises into the training."""
+    try:
+        if record.get("total_steps"):
+            terminal.advance(f"{record['variant']} {record['stage']}", "steps", int(record["step"]),
+                             int(record["total_steps"]))
+    except Exception as e:  # reporting never fails the work
+        get_run_logger().warning("ablate: progress not shown: %s: %s", type(e).__name__, e)
+
+
 @flow(name="ablate", log_prints=True)
 def ablate_flow(catalog_path: str, variants_path: str | None = None, only: list[str] | None = None,
                 parallel: int = 1, full_llm: bool = False) -> dict[str, object]:
@@ -46,7 +58,8 @@ def ablate_flow(catalog_path: str, variants_path: str | None = None, only: list[
     units = chain.plan(catalog, grid, only)
     get_run_logger().info("ablate: variants %s", ", ".join(u.id for u in units))
     try:
-        results = map_units(chain, catalog, "ablate", units, parallel=parallel)
+        results = map_units(chain, catalog, "ablate", units, parallel=parallel,
+                            hooks={"on_progress": variant_progress})
     finally:
         written = publish_report(catalog, grid)
     return {"variants": results, "report": written}

@@ -65,10 +65,11 @@ def env() -> dict[str, str]:
     return out
 
 
-def run_to_end(tmp_path: Path, catalog: Path, *options: str) -> None:
+def run_to_end(tmp_path: Path, catalog: Path, *options: str) -> str:
     done = subprocess.run([*command(tmp_path, catalog), *options], capture_output=True, text=True, timeout=1200,
                           env=env(), cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
 
 
 def test_killed_ablation_resumes_then_skips_finished_variants(tmp_path):
@@ -92,7 +93,11 @@ def test_killed_ablation_resumes_then_skips_finished_variants(tmp_path):
     shared = {p: p.stat().st_mtime_ns for p in (root / "models").glob("*.done.json")}
     assert sorted(p.name for p in shared) == ["llm.done.json", "teacher.done.json"]
 
-    run_to_end(tmp_path, catalog, "--parallel", "2")  # vanilla resumes while vora starts
+    log = run_to_end(tmp_path, catalog, "--parallel", "2")  # vanilla resumes while vora starts
+    # the flow's log follows each variant's training (not a terminal: plain n/N lines)
+    for name in VARIANTS:
+        assert f"{name} pretrain: {PRETRAIN_STEPS}/{PRETRAIN_STEPS} steps, done in" in log, log[-3000:]
+        assert f"{name} finetune: 2/2 steps, done in" in log, log[-3000:]
     assert {p: p.stat().st_mtime_ns for p in shared} == shared  # shared models built once
     steps = [json.loads(line)["step"] for line in
              (ablations / "vanilla" / "pretrain" / "metrics.jsonl").read_text().splitlines()]

@@ -77,8 +77,9 @@ def run_stages(derived: Catalog, stages: list[str], on_progress: Callable[[dict]
 
     results: dict[str, list[dict]] = {}
     for stage in stages:
-        if stage in TRAINING:
-            results[stage] = run_stage(stage, derived, on_progress=on_progress)
+        if stage in TRAINING:  # records name the stage: one hook follows a variant's two trainings
+            results[stage] = run_stage(stage, derived,
+                                       on_progress=on_progress and (lambda r, s=stage: on_progress({**r, "stage": s})))
         else:
             with IN_PROCESS_MODELS:
                 results[stage] = run_stage(stage, derived)
@@ -87,9 +88,11 @@ def run_stages(derived: Catalog, stages: list[str], on_progress: Callable[[dict]
 
 
 def run_unit(catalog: Catalog, unit: Unit, on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Run one variant; `result.json` records each stage's unit statuses and stats."""
+    """Run one variant; `result.json` records each stage's unit statuses and stats. `on_progress` gets
+    the training runs' metrics records with the `variant` and `stage` they belong to."""
     derived = load_catalog(unit.params["catalog"])
-    results = run_stages(derived, unit.params["stages"], on_progress)
+    results = run_stages(derived, unit.params["stages"],
+                         on_progress and (lambda record: on_progress({**record, "variant": unit.id})))
     atomic_write_json(unit.output, results)
     return {"variant": unit.id, "stages": {s: [r["status"] for r in rows] for s, rows in results.items()}}
 
