@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -137,6 +138,11 @@ def test_evaluate_stage_end_to_end(tmp_path, tiny_eval):
     assert not any(u.done for u in evaluate.plan(longer))
     rows = evaluate.summary(catalog)
     assert [r["done"] for r in rows] == [True] * 4
+    # The run directory copied elsewhere (mtimes kept): its held-out benchmarks are still done.
+    shutil.copytree(tmp_path / "run", tmp_path / "copy" / "run")
+    copied = _catalog(tmp_path / "copy", tiny_eval["vora"])
+    assert [(u.id, u.done) for u in evaluate.plan(copied)] == [
+        ("shapes-heldout-mc", True), ("shapes-heldout-yesno", True), ("shapes-heldout-short", True)]
 
 
 def test_batched_answers_equal_one_by_one(tmp_path, tiny_eval):
