@@ -9,8 +9,9 @@ circle."), and trains the tiny LLM on the answer token only, as finetuning does:
 
 `short` asks for the colour (copying a word: every answer is predicted by one word of the prompt);
 `mc` and `yesno` need a comparison (no single word of the prompt says anything about the answer).
-`--lm-steps N` first trains N steps of next-token prediction on generated paragraphs about coloured
-shapes that hold such comparisons (a stand-in for language pretraining). Prints one JSON line per
+`--lm-steps N` first trains N steps of the tiny LLM's reading practice (vora_core.train.reading:
+a described shape, then twelve yes/no, lettered-option and what-is-it questions about it, every answer
+token predicted), then the chat-format questions as above. Prints one JSON line per
 `--every` steps with held-out accuracy per task (200 questions each, chance: mc 0.25, yesno 0.5).
 """
 
@@ -26,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vora_core.data.questions import LETTERS, MC_SUFFIX, SHORT_SUFFIX
 from vora_core.data.sources import COLOURS, SHAPES
+from vora_core.train.reading import accuracy, reading_batch
 
 TASKS = ("short", "mc", "yesno")
 
@@ -42,30 +44,6 @@ def question(rng: random.Random, task: str) -> tuple[str, str]:
         return f"{context}\nWhat colour is the shape?\n{lines}\n{MC_SUFFIX}", LETTERS[options.index(colour)]
     asked = colour if rng.random() < 0.5 else rng.choice([c for c in COLOURS if c != colour])
     return f"{context}\nIs there a {asked} {shape} in the image?\n{SHORT_SUFFIX}", "yes" if asked == colour else "no"
-
-
-def paragraph(rng: random.Random) -> str:
-    """Three coloured shapes, then six statements or answered questions about them."""
-    shapes = rng.sample(SHAPES, 3)
-    colours = [rng.choice(list(COLOURS)) for _ in shapes]
-    parts = ["There is " + ", ".join(f"a {c} {s}" for c, s in zip(colours, shapes, strict=True)) + "."]
-    for _ in range(6):
-        k = rng.randrange(3)
-        shape, colour = shapes[k], colours[k]
-        kind = rng.randrange(4)
-        if kind == 0:
-            parts.append(f"The {shape} is {colour}.")
-        elif kind == 1:
-            asked = colour if rng.random() < 0.5 else rng.choice([c for c in COLOURS if c != colour])
-            parts.append(f"Is there a {asked} {shape}? {'yes' if asked == colour else 'no'}.")
-        elif kind == 2:
-            options = [colour, *rng.sample([c for c in COLOURS if c != colour], 3)]
-            rng.shuffle(options)
-            listed = " ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-            parts.append(f"What colour is the {shape}? {listed} Answer: {LETTERS[options.index(colour)]}.")
-        else:
-            parts.append(f"What colour is the {shape}? {colour}.")
-    return " ".join(parts)
 
 
 class Probe:
@@ -112,7 +90,7 @@ def main() -> int:
     p.add_argument("llm", help="a tiny LLM directory (runs/demo/models/llm: randomly initialised)")
     p.add_argument("--tasks", default="short,mc,yesno", help=f"comma-separated, of {', '.join(TASKS)}")
     p.add_argument("--steps", type=int, default=1200)
-    p.add_argument("--lm-steps", type=int, default=0, help="next-token steps on generated paragraphs first")
+    p.add_argument("--lm-steps", type=int, default=0, help="steps on reading texts first")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--every", type=int, default=100)
@@ -130,19 +108,22 @@ def main() -> int:
     opt = torch.optim.AdamW(probe.model.parameters(), lr=a.lr, weight_decay=0.0)
     started = time.perf_counter()
 
+    held_reading = reading_batch(probe.tok, random.Random(a.seed + 20_000), 64) if a.lm_steps else None
+
     def report(phase: str, step: int, loss: float) -> None:
-        print(json.dumps({"phase": phase, "step": step, "loss": round(loss, 4), **probe.accuracy(held_out),
-                          "seconds": round(time.perf_counter() - started)}), flush=True)
+        row = {"phase": phase, "step": step, "loss": round(loss, 4), **probe.accuracy(held_out)}
+        if held_reading is not None:  # the reading texts' own questions, per kind
+            row |= {f"reading/{k}": v for k, v in accuracy(probe.model, *held_reading).items()}
+        print(json.dumps(row | {"seconds": round(time.perf_counter() - started)}), flush=True)
 
     for step in range(1, a.lm_steps + 1):
-        ids, mask = pad([probe.tok.encode(paragraph(rng), add_special_tokens=False) for _ in range(a.batch)],
-                        left=False)
-        loss = probe.model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        ids, labels, _ = reading_batch(probe.tok, rng, a.batch)
+        loss = probe.model(input_ids=ids, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % a.every == 0:
-            report("lm", step, loss.item())
+            report("reading", step, loss.item())
     for step in range(1, a.steps + 1):
         loss = probe.answer_loss(*probe.encode(rng, tasks[step % len(tasks)], a.batch))
         opt.zero_grad()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from vora_core.errors import CatalogError
 from vora_core.workdir import RunDir, atomic_write_text, fingerprint
@@ -386,7 +386,22 @@ class TinyModelSettings(Strict):
         "teacher. Needs a synthetic_shapes source (its generator settings are used, under another seed)")
     teacher_pretrain_epochs: int = Field(12, gt=0)
     teacher_pretrain_lr: float = Field(2e-3, gt=0)
+    llm_reading_steps: int = Field(
+        0, ge=0, description="batches of generated reading texts (a described shape, then yes/no, lettered-"
+        "option and what-is-it questions about it) the tiny LLM is trained on before VoRA's stages, standing "
+        "in for a real LLM's language pretraining (vora_core.train.reading); 0: a random LLM")
+    llm_reading_lr: float = Field(3e-4, gt=0)
     seed: int = 0
+
+    @model_serializer(mode="wrap")
+    def _without_unused_reading(self, handler):
+        # No reading practice: the settings dump as before the fields existed, so the fingerprints of
+        # earlier runs (tiny models, pretraining, ablations) still match and nothing is rebuilt.
+        dumped = handler(self)
+        if isinstance(dumped, dict) and not self.llm_reading_steps:
+            dumped.pop("llm_reading_steps", None)
+            dumped.pop("llm_reading_lr", None)
+        return dumped
 
 
 class ModelSettings(Strict):

@@ -16,10 +16,11 @@ def test_probe_prints_one_line_per_report_with_every_task(tiny):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [(r["phase"], r["step"]) for r in rows] == [("lm", 2), ("answers", 2), ("answers", 4)]
+    assert [(r["phase"], r["step"]) for r in rows] == [("reading", 2), ("answers", 2), ("answers", 4)]
     for r in rows:
-        assert set(r) == {"phase", "step", "loss", "short", "mc", "yesno", "seconds"}
-        assert all(0.0 <= r[t] <= 1.0 for t in ("short", "mc", "yesno"))
+        assert set(r) == {"phase", "step", "loss", "short", "mc", "yesno", "seconds", "reading/yesno",
+                          "reading/options", "reading/word"}
+        assert all(0.0 <= r[t] <= 1.0 for t in ("short", "mc", "yesno", "reading/yesno"))
     bad = subprocess.run([sys.executable, "scripts/text_matching.py", str(tiny.llm_dir), "--tasks", "mc,maths"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.splitlines()[-1].endswith(

@@ -100,11 +100,16 @@ def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
                 raise StageError(f"no mixture text under {catalog.run.root / 'mixture'} to train the tiny tokenizer "
                                  "on; run the mix stage first")
             tokenizer = train_tokenizer(texts, vocab_size=t.vocab_size, seed=t.seed)
+            reading: dict = {}
             with atomic_path(llm_dir) as tmp:
                 build_tiny_llm(tmp, tokenizer, hidden_size=t.hidden_size, num_hidden_layers=t.layers,
                                num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,
                                intermediate_size=t.intermediate_size, seed=t.seed)
-            write_marker(llm_dir, fp, {"texts": len(texts), "vocab": len(tokenizer)})
+                if t.llm_reading_steps:
+                    from vora_core.train.reading import practise_reading
+
+                    reading = practise_reading(tmp, t.llm_reading_steps, t.llm_reading_lr, seed=t.seed, log=log)
+            write_marker(llm_dir, fp, {"texts": len(texts), "vocab": len(tokenizer), **reading})
         out["llm"] = llm_dir
     if is_tiny(m.teacher):
         teacher_dir = root / "teacher"
