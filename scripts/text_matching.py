@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vora_core.data.questions import LETTERS, MC_SUFFIX, SHORT_SUFFIX
 from vora_core.data.sources import COLOURS, SHAPES
-from vora_core.train.reading import accuracy, reading_batch
+from vora_core.train.reading import KINDS, accuracy, reading_batch
 
 TASKS = ("short", "mc", "yesno")
 
@@ -91,15 +91,19 @@ def main() -> int:
     p.add_argument("--tasks", default="short,mc,yesno", help=f"comma-separated, of {', '.join(TASKS)}")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--lm-steps", type=int, default=0, help="steps on reading texts first")
+    p.add_argument("--reading-kinds", default=",".join(KINDS),
+                   help=f"the reading practice's question kinds, comma-separated, of {', '.join(KINDS)}")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    tasks = a.tasks.split(",")
+    tasks, kinds = a.tasks.split(","), tuple(a.reading_kinds.split(","))
     if unknown := [t for t in tasks if t not in TASKS]:
         p.error(f"unknown task(s) {', '.join(unknown)}; tasks are {', '.join(TASKS)}")
+    if unknown := [k for k in kinds if k not in KINDS]:
+        p.error(f"unknown reading kind(s) {', '.join(unknown)}; kinds are {', '.join(KINDS)}")
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     probe = Probe(a.llm)
@@ -108,7 +112,7 @@ def main() -> int:
     opt = torch.optim.AdamW(probe.model.parameters(), lr=a.lr, weight_decay=0.0)
     started = time.perf_counter()
 
-    held_reading = reading_batch(probe.tok, random.Random(a.seed + 20_000), 64) if a.lm_steps else None
+    held_reading = reading_batch(probe.tok, random.Random(a.seed + 20_000), 64, kinds) if a.lm_steps else None
 
     def report(phase: str, step: int, loss: float) -> None:
         row = {"phase": phase, "step": step, "loss": round(loss, 4), **probe.accuracy(held_out)}
@@ -117,7 +121,7 @@ def main() -> int:
         print(json.dumps(row | {"seconds": round(time.perf_counter() - started)}), flush=True)
 
     for step in range(1, a.lm_steps + 1):
-        ids, labels, _ = reading_batch(probe.tok, rng, a.batch)
+        ids, labels, _ = reading_batch(probe.tok, rng, a.batch, kinds)
         loss = probe.model(input_ids=ids, labels=labels).loss
         opt.zero_grad()
         loss.backward()

@@ -25,7 +25,8 @@ KINDS = ("yesno", "options", "word")
 HELD_OUT = 64  # texts kept aside (another seed) for the reported accuracy
 
 
-def reading(rng: random.Random, queries: int = QUERIES) -> tuple[str, list[tuple[str, str, str]]]:
+def reading(rng: random.Random, queries: int = QUERIES,
+            kinds: tuple[str, ...] = KINDS) -> tuple[str, list[tuple[str, str, str]]]:
     """A described shape and `queries` (question, answer, kind) about its colour or shape: "Is it
     <colour>?" / "Is it a <shape>?" yes|no; four lettered options, "Answer:" <letter>; "What colour /
     shape is it?" <word>. Questions end with the space the answer would otherwise carry (" B" is two
@@ -35,7 +36,7 @@ def reading(rng: random.Random, queries: int = QUERIES) -> tuple[str, list[tuple
     for _ in range(queries):
         what, truth, vocab = (("colour", colour, list(COLOURS)) if rng.random() < 0.5 else
                               ("shape", shape, list(SHAPES)))
-        kind = KINDS[rng.randrange(3)]
+        kind = kinds[rng.randrange(len(kinds))]
         if kind == "yesno":
             other = truth if rng.random() < 0.5 else rng.choice([v for v in vocab if v != truth])
             article = "" if what == "colour" else "a "
@@ -50,12 +51,13 @@ def reading(rng: random.Random, queries: int = QUERIES) -> tuple[str, list[tuple
     return f"The shape is a {colour} {shape}.", asked
 
 
-def reading_batch(tokenizer, rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reading_batch(tokenizer, rng: random.Random, n: int,
+                  kinds: tuple[str, ...] = KINDS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n texts right-padded: token ids, labels (each answer's token; -100 elsewhere) and the kind index
     of every labelled position (-1 elsewhere)."""
     rows, answers = [], []
     for _ in range(n):
-        scene, asked = reading(rng)
+        scene, asked = reading(rng, kinds=kinds)
         ids, at = tokenizer.encode(scene, add_special_tokens=False), []
         for question, answer, kind in asked:
             ids += tokenizer.encode(question, add_special_tokens=False)
@@ -81,7 +83,7 @@ def accuracy(model, ids: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor
     guess = model(input_ids=ids).logits[:, :-1].argmax(-1)
     target, kind = labels[:, 1:], kinds[:, 1:]
     return {name: round((guess[kind == k] == target[kind == k]).float().mean().item(), 4)
-            for k, name in enumerate(KINDS)}
+            for k, name in enumerate(KINDS) if (kind == k).any()}
 
 
 def practise_reading(llm_dir: str | Path, steps: int, lr: float, batch: int = 32, seed: int = 0,
