@@ -313,7 +313,8 @@ class MergeSettings(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="storage dtype of the merged weights")
     tolerance: float = Field(
-        1e-5, gt=0, description="float32 storage: allowed max |logit difference|, merged vs unmerged")
+        1e-5, gt=0, description="float32 storage: allowed max |logit difference|, merged vs unmerged, per unit "
+        "of the probe's largest |logit| (at least 1)")
     low_precision_factor: float = Field(
         4.0, gt=0,
         description="bf16/fp16 storage: allowed difference = factor x the difference that rounding the unmerged "
