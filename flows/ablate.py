@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import progress as terminal
 from flows.common import artifact_key, map_units, png_markdown
 from flows.pipeline import vora_pipeline
+from flows.train import step_progress
 from vora_core.ablation import chain, report
 from vora_core.ablation.variants import Grid, check_stages, load_grid
 from vora_core.catalog import Catalog, load_catalog
@@ -54,7 +55,7 @@ def ablate_flow(catalog_path: str, variants_path: str | None = None, only: list[
     grid = load_grid(variants_path, full_llm)
     check_stages(only)
     vora_pipeline(catalog_path, until_stage="mix")  # download, recaption, mix: once, for every variant
-    chain.prepare_shared(catalog)
+    chain.prepare_shared(catalog, on_progress=step_progress("ablate", None))  # the teacher's minutes, shown
     units = chain.plan(catalog, grid, only)
     get_run_logger().info("ablate: variants %s", ", ".join(u.id for u in units))
     try:

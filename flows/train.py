@@ -28,10 +28,12 @@ from vora_core.stages import STAGES
 
 def step_progress(stage: str, artifact: Any) -> Callable[[dict], None]:
     """The `on_progress` hook of a training unit: moves the progress artifact and the terminal meter
-    at each logged step."""
+    at each logged step, and a meter of its own for the tiny models' training before it."""
 
     def on_progress(record: dict) -> None:
-        if record.get("total_steps"):
+        if record.get("building"):  # the tiny models' own training, before the first step
+            terminal.advance(f"{stage} {record['building']}", record["unit"], record["done"], record["total"])
+        elif record.get("total_steps"):
             report_progress(artifact, 100.0 * record["step"] / record["total_steps"])
             terminal.advance(stage, "steps", int(record["step"]), int(record["total_steps"]))
 

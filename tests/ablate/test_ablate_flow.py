@@ -95,6 +95,9 @@ def test_killed_ablation_resumes_then_skips_finished_variants(tmp_path):
 
     log = run_to_end(tmp_path, catalog, "--parallel", "2")  # vanilla resumes while vora starts
     # the flow's log follows each variant's training (not a terminal: plain n/N lines)
+    assert "ablate teacher: 1/1 epochs, done in" not in log  # built before the kill, not again
+    first = (tmp_path / "first.log").read_text()
+    assert "ablate teacher: 1/1 epochs, done in" in first, first[-3000:]  # its minutes are not silent
     for name in VARIANTS:
         assert f"{name} pretrain: {PRETRAIN_STEPS}/{PRETRAIN_STEPS} steps, done in" in log, log[-3000:]
         assert f"{name} finetune: 2/2 steps, done in" in log, log[-3000:]

@@ -189,6 +189,8 @@ def test_sigkill_during_recaption_then_during_pretrain_then_rerun_resumes_both(t
     assert {k: after[k] for k in finished_before} == finished_before  # finished shards were not redone
     assert (run.root / "mixture" / "finetune" / "stats.json").exists()
     assert not (run.root / "pretrain" / "final").exists()  # killed mid-pretraining
+    # the tiny teacher's pretraining, before the first step, has its own progress line
+    assert "pretrain teacher: 1/1 epochs, done in" in catalog.with_suffix(".log").read_text()
 
     data_markers = {p: p.stat().st_mtime_ns for d in ("shards", "captions", "mixture")
                     for p in (run.root / d).rglob("*.done.json")}

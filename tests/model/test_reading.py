@@ -39,7 +39,9 @@ def test_batch_labels_only_the_answers(tiny):
 def test_practice_trains_the_llm_in_place(tiny, tmp_path):
     llm = shutil.copytree(tiny.llm_dir, tmp_path / "llm")
     before = load_file(llm / "model.safetensors")
-    stats = practise_reading(llm, steps=3, lr=1e-3, batch=4)
+    progress = []
+    stats = practise_reading(llm, steps=3, lr=1e-3, batch=4, log_every=2, on_step=lambda *p: progress.append(p))
+    assert progress == [(2, 3), (3, 3)]
     after = load_file(llm / "model.safetensors")
     assert stats["reading_steps"] == 3
     assert set(stats["accuracy_before"]) == set(stats["accuracy_after"]) == set(KINDS)

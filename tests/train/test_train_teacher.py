@@ -32,7 +32,9 @@ def test_pretraining_learns_the_colours_and_saves_the_tower(tmp_path):
                               num_attention_heads=2, intermediate_size=64)
     before = load_file(path / "model.safetensors")
     src = SyntheticShapesSource(kind="synthetic_shapes", min_side=40, max_side=56, shape_scale=1.5)
-    stats = pretrain_teacher(path, src, images=512, epochs=4, lr=3e-3)
+    epochs = []
+    stats = pretrain_teacher(path, src, images=512, epochs=4, lr=3e-3, on_epoch=lambda *e: epochs.append(e))
+    assert epochs == [(1, 4), (2, 4), (3, 4), (4, 4)]
     after = load_file(path / "model.safetensors")
     assert before.keys() == after.keys()  # the heads are not saved
     assert all(before[k].shape == after[k].shape for k in before)

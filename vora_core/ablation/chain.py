@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 STAGE = "ablate"
 
 
-def prepare_shared(catalog: Catalog) -> dict[str, str]:
+def prepare_shared(catalog: Catalog, on_progress: Callable[[dict], None] | None = None) -> dict[str, str]:
     """Build the pieces every variant shares once, before any variant runs: the tiny LLM with its
-    tokenizer and the (pretrained) tiny teacher in <workdir>/models/."""
+    tokenizer and the (pretrained) tiny teacher in <workdir>/models/ (`on_progress`: build_tiny_models')."""
     from vora_core.train.prepare import build_tiny_models
 
-    return {name: str(path) for name, path in build_tiny_models(catalog).items()}
+    return {name: str(path) for name, path in build_tiny_models(catalog, on_progress).items()}
 
 
 def resolve_imports() -> None:

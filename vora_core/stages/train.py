@@ -67,7 +67,7 @@ def run_unit(catalog: Catalog, unit: Unit, on_progress: Callable[[dict], None] |
     settings = settings_of(catalog, stage)
     fresh_start_if_stale(catalog.run.stage_dir(stage), unit)
     if stage == "pretrain":
-        build_tiny_models(catalog)
+        build_tiny_models(catalog, on_progress)
     model, tokenizer_dir = stage_model(catalog, stage)
     spec, index_stats = prepare_spec(stage, catalog.run.stage_dir(stage), unit.params["mixture"], catalog.run, model,
                                      tokenizer_dir, settings, catalog.model.transform,

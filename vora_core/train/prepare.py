@@ -20,6 +20,7 @@ import glob
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,16 @@ def mixture_texts(run: RunDir, dirs: list[Path]) -> list[str]:
     return texts
 
 
-def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
-    """The demo's LLM (+ tokenizer on the run's own text) and teacher, built once into <workdir>/models/."""
+def build_tiny_models(catalog: Catalog, on_progress: Callable[[dict], None] | None = None) -> dict[str, Path]:
+    """The demo's LLM (+ tokenizer on the run's own text) and teacher, built once into <workdir>/models/.
+    `on_progress` gets `{"building": "llm reading" | "teacher", "done", "total", "unit"}` records while the
+    LLM's reading practice and the teacher's pretraining run (minutes in which no training step is logged)."""
+
+    def building(what: str, unit: str) -> Callable[[int, int], None] | None:
+        if on_progress is None:
+            return None
+        return lambda done, total: on_progress({"building": what, "done": done, "total": total, "unit": unit})
+
     from vora_core.model.tiny import build_tiny_llm, build_tiny_teacher, train_tokenizer
     from vora_core.workdir import atomic_path
 
@@ -108,7 +117,8 @@ def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
                 if t.llm_reading_steps:
                     from vora_core.train.reading import practise_reading
 
-                    reading = practise_reading(tmp, t.llm_reading_steps, t.llm_reading_lr, seed=t.seed, log=log)
+                    reading = practise_reading(tmp, t.llm_reading_steps, t.llm_reading_lr, seed=t.seed, log=log,
+                                               on_step=building("llm reading", "steps"))
             write_marker(llm_dir, fp, {"texts": len(texts), "vocab": len(tokenizer), **reading})
         out["llm"] = llm_dir
     if is_tiny(m.teacher):
@@ -127,7 +137,8 @@ def build_tiny_models(catalog: Catalog) -> dict[str, Path]:
                     from vora_core.train.teacher import pretrain_teacher
 
                     stats = pretrain_teacher(tmp, shapes, t.teacher_pretrain_images, t.teacher_pretrain_epochs,
-                                             t.teacher_pretrain_lr, seed=t.seed)
+                                             t.teacher_pretrain_lr, seed=t.seed,
+                                             on_epoch=building("teacher", "epochs"))
             write_marker(teacher_dir, fp, stats)
         out["teacher"] = teacher_dir
     return out

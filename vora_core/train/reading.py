@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -90,9 +91,10 @@ def accuracy(model, ids: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor
 
 
 def practise_reading(llm_dir: str | Path, steps: int, lr: float, batch: int = 32, seed: int = 0,
-                     log_every: int = 100, log=None) -> dict:
+                     log_every: int = 100, log=None, on_step: Callable[[int, int], None] | None = None) -> dict:
     """Train the causal LM saved in `llm_dir` in place on `steps` batches of reading texts; returns its
-    stats (held-out answer accuracy per kind before and after, seconds)."""
+    stats (held-out answer accuracy per kind before and after, seconds). `on_step(done, steps)` follows
+    the progress every `log_every` steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
@@ -110,9 +112,12 @@ def practise_reading(llm_dir: str | Path, steps: int, lr: float, batch: int = 32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if log is not None and (step % log_every == 0 or step == steps):
-            log.info("tiny LLM reading practice: step %d/%d, loss %.4f, held-out answers %s", step, steps,
-                     loss.item(), accuracy(model, *held_out))
+        if step % log_every == 0 or step == steps:
+            if log is not None:
+                log.info("tiny LLM reading practice: step %d/%d, loss %.4f, held-out answers %s", step, steps,
+                         loss.item(), accuracy(model, *held_out))
+            if on_step is not None:
+                on_step(step, steps)
     after = accuracy(model.eval(), *held_out)
     model.save_pretrained(str(llm_dir))
     return {"reading_steps": steps, "seconds": round(time.perf_counter() - started, 1),

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,9 @@ def _normalise(pixels: torch.Tensor, mean: list[float], std: list[float]) -> tor
 
 
 def pretrain_teacher(teacher_dir: str | Path, src: SyntheticShapesSource, images: int, epochs: int, lr: float,
-                     batch_size: int = 64, seed: int = 0) -> dict:
-    """Train the AIMv2 tower saved in `teacher_dir` in place; returns its stats (validation accuracy per label)."""
+                     batch_size: int = 64, seed: int = 0, on_epoch: Callable[[int, int], None] | None = None) -> dict:
+    """Train the AIMv2 tower saved in `teacher_dir` in place; returns its stats (validation accuracy per label).
+    `on_epoch(done, epochs)` follows the progress."""
     from transformers import Aimv2VisionModel
 
     teacher_dir = Path(teacher_dir)
@@ -82,6 +84,8 @@ def pretrain_teacher(teacher_dir: str | Path, src: SyntheticShapesSource, images
             optimizer.step()
             schedule.step()
         log.info("tiny teacher pretraining: epoch %d/%d, loss %.3f", epoch + 1, epochs, loss.item())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs)
     model.eval()
     with torch.no_grad():
         pooled = model(pixel_values=_normalise(x[images:], mean, std)).last_hidden_state.mean(1)
