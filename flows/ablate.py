@@ -7,7 +7,6 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows import progress as terminal
 from flows.common import artifact_key, map_units, png_markdown
 from flows.pipeline import vora_pipeline
 from flows.train import step_progress
@@ -39,13 +38,8 @@ def publish_report(catalog: Catalog, grid: Grid) -> dict | None:
 
 def variant_progress(record: dict) -> None:
     """The `on_progress` hook of a variant: a `<variant> <stage>: n/N steps` meter per training run
-    (log lines in the flow's log and the UI while a variant trains). Never raises into the training."""
-    try:
-        if record.get("total_steps"):
-            terminal.advance(f"{record['variant']} {record['stage']}", "steps", int(record["step"]),
-                             int(record["total_steps"]))
-    except Exception as e:  # reporting never fails the work
-        get_run_logger().warning("ablate: progress not shown: %s: %s", type(e).__name__, e)
+    (log lines in the flow's log and the UI while a variant trains)."""
+    step_progress(f"{record['variant']} {record['stage']}", None)(record)
 
 
 @flow(name="ablate", log_prints=True)

@@ -32,10 +32,12 @@ def step_progress(stage: str, artifact: Any) -> Callable[[dict], None]:
 
     def on_progress(record: dict) -> None:
         if record.get("building"):  # the tiny models' own training, before the first step
-            terminal.advance(f"{stage} {record['building']}", record["unit"], record["done"], record["total"])
+            best_effort("progress line", terminal.advance, f"{stage} {record['building']}", record["unit"],
+                        record["done"], record["total"])
         elif record.get("total_steps"):
             report_progress(artifact, 100.0 * record["step"] / record["total_steps"])
-            terminal.advance(stage, "steps", int(record["step"]), int(record["total_steps"]))
+            best_effort("progress line", terminal.advance, stage, "steps", int(record["step"]),
+                        int(record["total_steps"]))
 
     return on_progress
 

@@ -191,6 +191,11 @@ class RunDir:
         self.root = Path(root).resolve()
         self.stages_root = Path(stages_root).resolve() if stages_root else self.root
 
+    def relative(self, path: str | Path) -> str:
+        """`path` named under the root when it lies inside the run (as fingerprints name the run's own
+        files, so that a copied or moved run stays done), else as given."""
+        return str(path).removeprefix(str(self.root) + "/")
+
     @property
     def lock_file(self) -> Path:
         return self.stages_root / "catalog.lock.yaml"

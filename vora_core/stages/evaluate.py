@@ -63,13 +63,12 @@ def plan(catalog: Catalog) -> list[Unit]:
     common = {"protocol": PROTOCOL_VERSION, "model": dir_identity(model), "max_new_tokens": settings.max_new_tokens,
               "dtype": settings.dtype, "seed": catalog.seed}
     units = []
-    root = str(catalog.run.root) + "/"
     for spec in benchmark_specs(catalog):
         out = catalog.run.stage_dir(NAME) / spec["name"]
         data = _data_identity(Path(spec["path"]))
         # a held-out benchmark's labels live in the run: named by their path under it, so that a copied
         # or moved run stays done (the absolute path, the earlier format, is accepted too)
-        fp = fingerprint(common, {**spec, "path": spec["path"].removeprefix(root)}, data)
+        fp = fingerprint(common, {**spec, "path": catalog.run.relative(spec["path"])}, data)
         earlier = fingerprint(common, spec, data)
         units.append(Unit(stage=NAME, id=spec["name"], output=str(out), fingerprint=fp,
                           params={"spec": spec, "model": str(model)},

@@ -26,9 +26,8 @@ def _run_files(catalog: Catalog, pattern: Path, absolute: bool = False) -> list[
     """The identity of files inside the run directory, named by their path under it: a run directory
     copied or moved elsewhere (`cp -a`, mtimes kept) stays done. `absolute`: the format before stop 23
     (absolute paths), accepted as done so that older runs are not rebuilt."""
-    root = str(catalog.run.root) + "/"
     identities = file_identities(str(pattern))
-    return identities if absolute else [[str(name).removeprefix(root), *rest] for name, *rest in identities]
+    return identities if absolute else [[catalog.run.relative(name), *rest] for name, *rest in identities]
 
 
 def _text_inputs(catalog: Catalog, name: str, absolute: bool = False) -> list:
