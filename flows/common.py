@@ -39,6 +39,7 @@ from flows.runners import ray_node_id, unit_runner
 from vora_core.catalog import Catalog
 from vora_core.errors import StageError
 from vora_core.stages import NAMES
+from vora_core.status import headline
 from vora_core.workdir import Unit, run_unit_with_marker
 
 T = TypeVar("T")
@@ -138,10 +139,16 @@ def run_unit_task(catalog: Catalog, unit: Unit, run_unit: Callable[..., dict], f
             return on_node(run_unit(catalog, u, **(hooks or {})))
 
     result = run_unit_with_marker(unit, work, force=force)
-    best_effort("run log", get_run_logger().info, "%s %s: %s", unit.stage, unit.id, result.get("status"))
+    best_effort("run log", log_unit_result, unit, result)
     if result["status"] == "skipped":  # the UI shows it as skipped, not as work done
         return Completed(name="Skipped", message=f"{unit.id}: marker matches, nothing to do", data=result)
     return result
+
+
+def log_unit_result(unit: Unit, result: dict) -> None:
+    """`<stage> <unit>: done|skipped, <headline>`: the figure an operator looks for, in the log and the UI."""
+    figures = headline(result)
+    get_run_logger().info("%s %s: %s%s", unit.stage, unit.id, result.get("status"), f", {figures}" if figures else "")
 
 
 def on_node(stats: dict) -> dict:

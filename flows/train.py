@@ -20,6 +20,7 @@ from flows.common import (
     publish_markdown,
     publish_table,
     report_progress,
+    run_logger,
     run_name,
 )
 from vora_core.catalog import load_catalog
@@ -28,10 +29,13 @@ from vora_core.stages import STAGES
 
 def step_progress(stage: str, artifact: Any) -> Callable[[dict], None]:
     """The `on_progress` hook of a training unit: moves the progress artifact and the terminal meter
-    at each logged step, and a meter of its own for the tiny models' training before it."""
+    at each logged step, and a meter of its own for the tiny models' training before it (then a log line
+    with what each learnt)."""
 
     def on_progress(record: dict) -> None:
-        if record.get("building"):  # the tiny models' own training, before the first step
+        if record.get("built"):  # a tiny model is ready: what it learnt
+            best_effort("run log", run_logger().info, "%s %s: %s", stage, record["built"], record["figures"])
+        elif record.get("building"):  # the tiny models' own training, before the first step
             best_effort("progress line", terminal.advance, f"{stage} {record['building']}", record["unit"],
                         record["done"], record["total"])
         elif record.get("total_steps"):

@@ -95,3 +95,56 @@ def render(name: str, workdir: str | Path, status: dict[str, list[dict]], width:
                 lines.append("")
             lines += _block(row, head, root, width)
     return lines
+
+
+# ----------------------------------------------------------------------------- a unit's headline
+
+
+def _counts(counts: dict | None) -> str:
+    """`{"bad_url": 3, "timeout": 1}` → "bad_url 3, timeout 1"."""
+    return ", ".join(f"{k} {v:,}" for k, v in (counts or {}).items())
+
+
+def _with(text: str, extra: str, label: str = "") -> str:
+    return f"{text} ({label}{extra})" if extra else text
+
+
+def headline(stats: dict) -> str:
+    """A finished (or skipped) unit's figures in one short phrase for the run's log line — what an operator
+    looks for first: a benchmark's score, a training run's final loss, a merge's check, a unit's counts.
+    "" when the stats hold none of them (reporting never fails the work: see flows.common)."""
+    if "value" in stats and "main" in stats:  # evaluate
+        value = stats["value"]
+        score = "no score" if value is None else f"{stats['main']} {value:.3f}"
+        return _with(f"{score} on {stats.get('scored', 0):,} questions", f"{stats.get('rejected', 0):,} rejected"
+                     if stats.get("rejected") else "")
+    if "final_loss" in stats:  # pretrain, finetune
+        parts = [f"{stats.get('steps', 0):,} steps"]
+        if stats["final_loss"] is not None:
+            first = f"{stats['first_loss']:.3f} → " if stats.get("first_loss") is not None else ""
+            parts.append(f"loss {first}{stats['final_loss']:.3f}")
+        if stats.get("final_distill") is not None:
+            parts.append(f"distill {stats['final_distill']:.3f}")
+        if stats.get("nan_steps"):
+            parts.append(f"{stats['nan_steps']:,} non-finite steps skipped")
+        return ", ".join(parts)
+    if "max_abs_logit_diff" in stats:  # merge
+        passed = bool(stats.get("passed"))
+        return (f"check {'passed' if passed else 'FAILED'}: max |Δ logit| {stats['max_abs_logit_diff']:.2e} "
+                f"{'≤' if passed else '>'} bound {stats.get('bound') or 0:.2e} ({stats.get('dtype', '?')})")
+    if "successes" in stats:  # download shard unit
+        return _with(f"{stats['successes']:,} images, {stats.get('failures', 0):,} failed",
+                     _counts(stats.get("failures_by_reason")))
+    if "input_rows" in stats:  # download-prepare
+        left = {**stats.get("filtered", {}), **stats.get("rejected", {})}
+        return _with(f"{stats.get('rows', 0):,} of {stats['input_rows']:,} rows kept", _counts(left))
+    if "captions" in stats:  # recaption
+        return _with(f"{stats['captions']:,} captions of {stats.get('images', 0):,} images",
+                     _counts(stats.get("flags")), "flagged: ")
+    if "written" in stats:  # mix: a text source
+        return _with(f"{stats['written']:,} rows, {stats.get('rejected', 0):,} rejected",
+                     _counts(stats.get("rejected_by_reason")))
+    if "by_source" in stats:  # mix: a mixture
+        return _with(f"{stats.get('rows', 0):,} rows from {len(stats['by_source'])} sources",
+                     _counts(stats.get("left_out")), "left out: ")
+    return ""

@@ -42,3 +42,32 @@ def test_narrow_rows_make_a_table():
         "  text:orca          yes    40       38         2",
         "  mixture:pretrain    no     -        -         -",
     ]
+
+
+def test_headline_gives_each_stage_its_figure():
+    """The `<stage> <unit>: done, <headline>` log line: stats as the stages' markers hold them."""
+    from vora_core.status import headline
+
+    assert headline({"format": "mc", "main": "accuracy", "questions": 240, "rejected": 0, "scored": 240,
+                     "value": 0.25833}) == "accuracy 0.258 on 240 questions"
+    assert headline({"main": "f1", "scored": 238, "rejected": 2, "value": 0.5}) == \
+        "f1 0.500 on 238 questions (2 rejected)"
+    assert headline({"main": "accuracy", "scored": 0, "rejected": 3, "value": None}) == \
+        "no score on 0 questions (3 rejected)"
+    assert headline({"steps": 400, "first_loss": 7.345, "final_loss": 4.3964, "final_lm_loss": 4.2,
+                     "final_distill": 0.1968, "nan_steps": 0}) == "400 steps, loss 7.345 → 4.396, distill 0.197"
+    assert headline({"steps": 2404, "first_loss": 5.99, "final_loss": 0.382, "final_distill": None,
+                     "nan_steps": 2}) == "2,404 steps, loss 5.990 → 0.382, 2 non-finite steps skipped"
+    assert headline({"bound": 2.67e-05, "dtype": "float32", "max_abs_logit_diff": 2.563e-06, "passed": True}) == \
+        "check passed: max |Δ logit| 2.56e-06 ≤ bound 2.67e-05 (float32)"
+    assert headline({"successes": 197, "failures": 3, "failures_by_reason": {"bad_url": 2, "timeout": 1}}) == \
+        "197 images, 3 failed (bad_url 2, timeout 1)"
+    assert headline({"input_rows": 600, "rows": 598, "filtered": {"too_small": 2}, "rejected": {}}) == \
+        "598 of 600 rows kept (too_small 2)"
+    assert headline({"captions": 200, "images": 200, "flags": {"invalid_text": 199, "truncated": 197}}) == \
+        "200 captions of 200 images (flagged: invalid_text 199, truncated 197)"
+    assert headline({"captions": 1200, "images": 1200, "flags": {}}) == "1,200 captions of 1,200 images"
+    assert headline({"written": 4800, "rejected": 0, "rejected_by_reason": {}}) == "4,800 rows, 0 rejected"
+    mixture = {"rows": 5031, "by_source": {"a/text": 101, "b/vqa": 4930}, "left_out": {"image_missing": 4}}
+    assert headline(mixture) == "5,031 rows from 2 sources (left out: image_missing 4)"
+    assert headline({"variant": "vanilla", "stages": {}}) == ""

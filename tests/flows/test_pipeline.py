@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,10 +157,12 @@ def run_until(catalog: Path, ready, until: str, timeout: float = 600) -> subproc
     return proc
 
 
-def rerun(catalog: Path, until: str) -> None:
+def rerun(catalog: Path, until: str) -> str:
+    """`vora run --until UNTIL` to the end; its output."""
     done = subprocess.run([VORA, "run", str(catalog), "--until", until], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
 
 
 def test_sigkill_during_recaption_then_during_pretrain_then_rerun_resumes_both(tmp_path):
@@ -189,12 +192,20 @@ def test_sigkill_during_recaption_then_during_pretrain_then_rerun_resumes_both(t
     assert {k: after[k] for k in finished_before} == finished_before  # finished shards were not redone
     assert (run.root / "mixture" / "finetune" / "stats.json").exists()
     assert not (run.root / "pretrain" / "final").exists()  # killed mid-pretraining
-    # the tiny teacher's pretraining, before the first step, has its own progress line
-    assert "pretrain teacher: 1/1 epochs, done in" in catalog.with_suffix(".log").read_text()
+    # the tiny teacher's pretraining, before the first step, has its own progress line, then what it learnt
+    log = catalog.with_suffix(".log").read_text()
+    assert "pretrain teacher: 1/1 epochs, done in" in log
+    assert re.search(r"pretrain teacher: held-out accuracy shape \d\.\d\d, colour \d\.\d\d, position \d\.\d\d, "
+                     r"background \d\.\d\d", log)
+    # each unit's line carries its figures, done or skipped
+    assert "download shapes/00000: skipped, 12 images, 0 failed" in log
+    assert "mix text:shapes_vqa: done, 192 rows, 0 rejected" in log
+    assert re.search(r"recaption shapes/0000\d: done, 6 captions of 6 images", log)
 
     data_markers = {p: p.stat().st_mtime_ns for d in ("shards", "captions", "mixture")
                     for p in (run.root / d).rglob("*.done.json")}
-    rerun(catalog, "pretrain")
+    output = rerun(catalog, "pretrain")
+    assert re.search(r"pretrain pretrain: done, 8 steps, loss \d+\.\d{3} → \d+\.\d{3}, distill \d+\.\d{3}", output)
     assert {p: p.stat().st_mtime_ns for p in data_markers} == data_markers
     steps = [json.loads(line)["step"] for line in (run.root / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # resumed: every step once, in order

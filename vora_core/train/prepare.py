@@ -84,12 +84,18 @@ def mixture_texts(run: RunDir, dirs: list[Path]) -> list[str]:
 def build_tiny_models(catalog: Catalog, on_progress: Callable[[dict], None] | None = None) -> dict[str, Path]:
     """The demo's LLM (+ tokenizer on the run's own text) and teacher, built once into <workdir>/models/.
     `on_progress` gets `{"building": "llm reading" | "teacher", "done", "total", "unit"}` records while the
-    LLM's reading practice and the teacher's pretraining run (minutes in which no training step is logged)."""
+    LLM's reading practice and the teacher's pretraining run (minutes in which no training step is logged),
+    then `{"built": ..., "figures": "<held-out accuracy per label>"}` when each is done."""
 
     def building(what: str, unit: str) -> Callable[[int, int], None] | None:
         if on_progress is None:
             return None
         return lambda done, total: on_progress({"building": what, "done": done, "total": total, "unit": unit})
+
+    def built(what: str, accuracy: dict[str, float]) -> None:
+        if on_progress is not None and accuracy:
+            on_progress({"built": what, "figures": "held-out accuracy " +
+                         ", ".join(f"{label} {value:.2f}" for label, value in accuracy.items())})
 
     from vora_core.model.tiny import build_tiny_llm, build_tiny_teacher, train_tokenizer
     from vora_core.workdir import atomic_path
@@ -120,6 +126,7 @@ def build_tiny_models(catalog: Catalog, on_progress: Callable[[dict], None] | No
                     reading = practise_reading(tmp, t.llm_reading_steps, t.llm_reading_lr, seed=t.seed, log=log,
                                                on_step=building("llm reading", "steps"))
             write_marker(llm_dir, fp, {"texts": len(texts), "vocab": len(tokenizer), **reading})
+            built("llm reading", reading.get("accuracy_after", {}))
         out["llm"] = llm_dir
     if is_tiny(m.teacher):
         teacher_dir = root / "teacher"
@@ -140,6 +147,7 @@ def build_tiny_models(catalog: Catalog, on_progress: Callable[[dict], None] | No
                                              t.teacher_pretrain_lr, seed=t.seed,
                                              on_epoch=building("teacher", "epochs"))
             write_marker(teacher_dir, fp, stats)
+            built("teacher", stats.get("validation_accuracy", {}))
         out["teacher"] = teacher_dir
     return out
 
