@@ -109,25 +109,32 @@ def _with(text: str, extra: str, label: str = "") -> str:
     return f"{text} ({label}{extra})" if extra else text
 
 
+def _training_headline(stats: dict) -> str:
+    parts = [f"{stats.get('steps', 0):,} steps"]
+    if stats["final_loss"] is not None:
+        first = f"{stats['first_loss']:.3f} → " if stats.get("first_loss") is not None else ""
+        parts.append(f"loss {first}{stats['final_loss']:.3f}")
+    if stats.get("final_distill") is not None:
+        parts.append(f"distill {stats['final_distill']:.3f}")
+    if stats.get("nan_steps"):
+        parts.append(f"{stats['nan_steps']:,} non-finite steps skipped")
+    return ", ".join(parts)
+
+
 def headline(stats: dict) -> str:
     """A finished (or skipped) unit's figures in one short phrase for the run's log line — what an operator
     looks for first: a benchmark's score, a training run's final loss, a merge's check, a unit's counts.
-    "" when the stats hold none of them (reporting never fails the work: see flows.common)."""
+    "" when the stats hold none of them (reporting never fails the work: see flows.common). A unit whose
+    stats compose their own (`headline`: an ablation variant's losses and scores) gives that."""
+    if stats.get("headline"):
+        return str(stats["headline"])
     if "value" in stats and "main" in stats:  # evaluate
         value = stats["value"]
         score = "no score" if value is None else f"{stats['main']} {value:.3f}"
         return _with(f"{score} on {stats.get('scored', 0):,} questions", f"{stats.get('rejected', 0):,} rejected"
                      if stats.get("rejected") else "")
     if "final_loss" in stats:  # pretrain, finetune
-        parts = [f"{stats.get('steps', 0):,} steps"]
-        if stats["final_loss"] is not None:
-            first = f"{stats['first_loss']:.3f} → " if stats.get("first_loss") is not None else ""
-            parts.append(f"loss {first}{stats['final_loss']:.3f}")
-        if stats.get("final_distill") is not None:
-            parts.append(f"distill {stats['final_distill']:.3f}")
-        if stats.get("nan_steps"):
-            parts.append(f"{stats['nan_steps']:,} non-finite steps skipped")
-        return ", ".join(parts)
+        return _training_headline(stats)
     if "max_abs_logit_diff" in stats:  # merge
         passed = bool(stats.get("passed"))
         return (f"check {'passed' if passed else 'FAILED'}: max |Δ logit| {stats['max_abs_logit_diff']:.2e} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,9 +99,14 @@ def test_killed_ablation_resumes_then_skips_finished_variants(tmp_path):
     assert "ablate teacher: 1/1 epochs, done in" not in log  # built before the kill, not again
     first = (tmp_path / "first.log").read_text()
     assert "ablate teacher: 1/1 epochs, done in" in first, first[-3000:]  # its minutes are not silent
+    assert "ablate teacher: held-out accuracy shape " in first, first[-3000:]  # and what it learnt
     for name in VARIANTS:
         assert f"{name} pretrain: {PRETRAIN_STEPS}/{PRETRAIN_STEPS} steps, done in" in log, log[-3000:]
         assert f"{name} finetune: 2/2 steps, done in" in log, log[-3000:]
+        # a finished variant's line: its final losses and every benchmark's score
+        assert re.search(rf"ablate {name}: done, pretrain loss \d+\.\d{{3}}, finetune loss \d+\.\d{{3}}, "
+                         r"shapes-heldout-mc \d\.\d{3}, shapes-heldout-yesno \d\.\d{3}, "
+                         r"shapes-heldout-short \d\.\d{3}", log), log[-3000:]
     assert {p: p.stat().st_mtime_ns for p in shared} == shared  # shared models built once
     steps = [json.loads(line)["step"] for line in
              (ablations / "vanilla" / "pretrain" / "metrics.jsonl").read_text().splitlines()]

@@ -71,3 +71,5 @@ def test_headline_gives_each_stage_its_figure():
     mixture = {"rows": 5031, "by_source": {"a/text": 101, "b/vqa": 4930}, "left_out": {"image_missing": 4}}
     assert headline(mixture) == "5,031 rows from 2 sources (left out: image_missing 4)"
     assert headline({"variant": "vanilla", "stages": {}}) == ""
+    assert headline({"variant": "vora", "headline": "pretrain loss 4.396, shapes-heldout-mc 0.258"}) == \
+        "pretrain loss 4.396, shapes-heldout-mc 0.258"  # composed by its stage

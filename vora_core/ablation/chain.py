@@ -94,7 +94,16 @@ def run_unit(catalog: Catalog, unit: Unit, on_progress: Callable[[dict], None] |
     results = run_stages(derived, unit.params["stages"],
                          on_progress and (lambda record: on_progress({**record, "variant": unit.id})))
     atomic_write_json(unit.output, results)
-    return {"variant": unit.id, "stages": {s: [r["status"] for r in rows] for s, rows in results.items()}}
+    return {"variant": unit.id, "stages": {s: [r["status"] for r in rows] for s, rows in results.items()},
+            "headline": variant_headline(results)}
+
+
+def variant_headline(results: dict[str, list[dict]]) -> str:
+    """A variant's final losses and scores in one phrase for its log line (`ablate <variant>: done, …`)."""
+    parts = [f"{stage} loss {rows[0]['final_loss']:.3f}" for stage, rows in results.items()
+             if rows and rows[0].get("final_loss") is not None]
+    parts += [f"{r['unit']} {r['value']:.3f}" for r in results.get("evaluate", []) if r.get("value") is not None]
+    return ", ".join(parts)
 
 
 def run_ablation(catalog: Catalog, grid: Grid, only: list[str] | None = None) -> list[dict]:
