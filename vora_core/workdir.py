@@ -108,6 +108,14 @@ def write_marker(output: str | Path, fp: str, stats: dict) -> dict:
     return marker
 
 
+def upgrade_marker(output: str | Path, marker: dict, fp: str) -> None:
+    """Record `fp`, today's form of the fingerprint a done unit's marker holds in an earlier form, so that
+    the unit stays done where only today's form matches (a copied run). Its `identity`, what the units
+    downstream fingerprint (`dir_identity`), stays the original: nothing downstream is redone."""
+    atomic_write_json(marker_path(output), {**marker, "fingerprint": fp,
+                                            "identity": marker.get("identity", marker.get("fingerprint"))})
+
+
 def clear_marker(output: str | Path) -> None:
     marker_path(output).unlink(missing_ok=True)
 
@@ -121,12 +129,24 @@ def files_identity(paths: Iterable[str | Path], full_path: bool = False) -> list
     return out
 
 
+# The content digests of the run's own files (RunDir.content_identity): a cache, safe to delete.
+DIGESTS_FILE = ".digests.json"
+
+
+def _load_digests(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def dir_identity(path: Path) -> list:
-    """A model or output directory: its completion marker's fingerprint when it has one, else its files'
-    identity (top level only), or `["missing", path]`."""
+    """A model or output directory: its completion marker's fingerprint (as first written: see
+    `upgrade_marker`) when it has one, else its files' identity (top level only), or `["missing", path]`."""
     marker = read_marker(path)
     if marker is not None:
-        return ["marker", marker.get("fingerprint")]
+        return ["marker", marker.get("identity", marker.get("fingerprint"))]
     if not path.is_dir():
         return ["missing", str(path)]
     return files_identity(sorted(p for p in path.iterdir() if p.is_file()))
@@ -169,6 +189,9 @@ def run_unit_with_marker(unit: Unit, work: Callable[[Unit], dict], force: bool =
     """
     if not force and unit.done:
         marker = read_marker(unit.output) or {}
+        if marker.get("fingerprint") != unit.fingerprint:  # done under an earlier fingerprint form
+            with contextlib.suppress(OSError):
+                upgrade_marker(unit.output, marker, unit.fingerprint)
         return {**marker.get("stats", {}), "status": "skipped", "unit": unit.id}
     clear_marker(unit.output)
     output = Path(unit.output)  # the temporaries of a killed earlier attempt: the output's and its marker's
@@ -195,6 +218,30 @@ class RunDir:
         """`path` named under the root when it lies inside the run (as fingerprints name the run's own
         files, so that a copied or moved run stays done), else as given."""
         return str(path).removeprefix(str(self.root) + "/")
+
+    @property
+    def digests_file(self) -> Path:
+        return self.root / DIGESTS_FILE
+
+    def content_identity(self, paths: Iterable[str | Path]) -> list[list]:
+        """[path under the run, size, sha256] per file: the identity of the run's own files in fingerprints.
+        It survives what a copy changes (`cp -r`, rsync or an object-store sync reset mtimes; a move
+        changes paths) and a rebuild that writes the same bytes (a forced mix does), so neither redoes
+        what follows. Digests are cached in `DIGESTS_FILE` by (size, mtime): a file is read once after
+        it is written or copied."""
+        cache = _load_digests(self.digests_file)
+        out, changed = [], False
+        for p in paths:
+            name, st = self.relative(p), os.stat(p)
+            cached = cache.get(name)
+            if cached is None or cached[:2] != [st.st_size, st.st_mtime_ns]:
+                cached = cache[name] = [st.st_size, st.st_mtime_ns, sha256_file(p)]
+                changed = True
+            out.append([name, st.st_size, cached[2]])
+        if changed:
+            with contextlib.suppress(OSError):  # a read-only run directory: digests are recomputed next time
+                atomic_write_json(self.digests_file, cache)
+        return out
 
     @property
     def lock_file(self) -> Path:

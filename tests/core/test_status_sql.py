@@ -130,7 +130,7 @@ def test_moved_run_directory_still_opens_and_manifest_sql_runs_anywhere(run_dir,
     con.close()
     assert before["images"] == IMAGES and before["mixture"] > IMAGES and before["text"] > 0
     moved = tmp_path / "elsewhere" / "run"
-    shutil.copytree(run_dir / "run", moved)
+    shutil.copytree(run_dir / "run", moved, copy_function=shutil.copy)  # as `cp -r`: every mtime new
     (run_dir / "run").rename(run_dir / "run-away")  # the original is gone while the copy is read
     try:
         # the stored views, not rebuilt (read-only), from another working directory
@@ -147,8 +147,9 @@ def test_moved_run_directory_still_opens_and_manifest_sql_runs_anywhere(run_dir,
         out = subprocess.run([sys.executable, "-c", script], cwd=moved, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == before
-        # the same catalog run from the new place redoes nothing (fingerprints name files under the run)
-        shutil.copytree(run_dir / "demo_text", moved.parent / "demo_text")  # copy2: mtimes kept, as `cp -a`
+        # the same catalog run from the new place redoes nothing (fingerprints name files under the run,
+        # by content); the catalog's own input files, outside the run, keep their mtimes (copy2, `cp -a`)
+        shutil.copytree(run_dir / "demo_text", moved.parent / "demo_text")
         (moved.parent / "c.yaml").write_text((run_dir / "c.yaml").read_text())
         out = vora("status", "c.yaml", "--json", cwd=moved.parent)
         assert out.returncode == 0, out.stderr

@@ -1,11 +1,14 @@
 import os
+from pathlib import Path
 
 import pytest
 
 from vora_core.workdir import (
+    RunDir,
     Unit,
     atomic_path,
     atomic_write_text,
+    dir_identity,
     fingerprint,
     marker_path,
     read_marker,
@@ -64,6 +67,57 @@ def test_marker_skips_matching_fingerprint_and_reruns_otherwise(tmp_path):
     newer = Unit(stage="s", id="u1", output=unit.output, fingerprint="f3", earlier_fingerprints=("f2",))
     assert newer.done and run_unit_with_marker(newer, work)["status"] == "skipped"
     assert calls == ["u1", "u1", "u1"]
+    # ... and its marker now holds today's form (a copy where only that matches stays done), while what
+    # the units downstream fingerprint, its identity, stays the original: they are not redone
+    marker = read_marker(unit.output)
+    assert (marker["fingerprint"], marker["identity"], marker["stats"]["rows"]) == ("f3", "f2", 3)
+    assert Unit(stage="s", id="u1", output=unit.output, fingerprint="f3").done
+    assert dir_identity(Path(unit.output)) == ["marker", "f2"]
+    assert run_unit_with_marker(Unit(stage="s", id="u1", output=unit.output, fingerprint="f4",
+                                     earlier_fingerprints=("f3",)), work)["status"] == "skipped"
+    assert read_marker(unit.output)["identity"] == "f2"  # still the original through a second upgrade
+    assert run_unit_with_marker(Unit(stage="s", id="u1", output=unit.output, fingerprint="f5"), work)["status"] == \
+        "done"
+    assert "identity" not in read_marker(unit.output)  # redone: downstream sees the new fingerprint
+    assert dir_identity(Path(unit.output)) == ["marker", "f5"]
+
+
+def test_content_identity_survives_a_copy_that_resets_mtimes(tmp_path, monkeypatch):
+    """`cp -r`, rsync without -t or an object-store sync: same bytes, new mtimes, another place."""
+    import shutil
+
+    import vora_core.workdir as workdir
+
+    run = RunDir(tmp_path / "run")
+    (run.root / "mixture").mkdir(parents=True)
+    for name, data in (("part-00000.parquet", b"rows a"), ("part-00001.parquet", b"rows bb")):
+        (run.root / "mixture" / name).write_bytes(data)
+    parts = sorted((run.root / "mixture").glob("part-*"))
+    reads = []
+    monkeypatch.setattr(workdir, "sha256_file", lambda p: reads.append(Path(p).name) or sha256_bytes(Path(p)))
+    first = run.content_identity(parts)
+    assert [row[:2] for row in first] == [["mixture/part-00000.parquet", 6], ["mixture/part-00001.parquet", 7]]
+    assert run.content_identity(parts) == first and len(reads) == 2  # cached by size and mtime: read once
+
+    shutil.copytree(run.root, tmp_path / "copy" / "run", copy_function=shutil.copy)  # mtimes reset
+    copy = RunDir(tmp_path / "copy" / "run")
+    copied = sorted((copy.root / "mixture").glob("part-*"))
+    assert os.stat(copied[0]).st_mtime_ns != os.stat(parts[0]).st_mtime_ns
+    assert copy.content_identity(copied) == first and len(reads) == 4  # re-read once, same identity
+    (copy.root / "mixture" / "part-00001.parquet").write_bytes(b"rows cc")  # same size, other bytes
+    assert copy.content_identity(copied)[1] != first[1]
+    # the cache is only a cache: unreadable, it is rebuilt; where it cannot be written, nothing fails
+    copy.digests_file.write_text("{not json")
+    assert copy.content_identity(copied)[0] == first[0]
+    copy.digests_file.unlink()
+    copy.digests_file.mkdir()  # neither readable nor replaceable as a file
+    assert copy.content_identity(copied)[0] == first[0]
+
+
+def sha256_bytes(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_deleted_output_is_redone_and_failure_leaves_no_marker(tmp_path):

@@ -138,8 +138,8 @@ def test_evaluate_stage_end_to_end(tmp_path, tiny_eval):
     assert not any(u.done for u in evaluate.plan(longer))
     rows = evaluate.summary(catalog)
     assert [r["done"] for r in rows] == [True] * 4
-    # The run directory copied elsewhere (mtimes kept): its held-out benchmarks are still done.
-    shutil.copytree(tmp_path / "run", tmp_path / "copy" / "run")
+    # The run directory copied elsewhere (`cp -r`: every mtime new): its held-out benchmarks are still done.
+    shutil.copytree(tmp_path / "run", tmp_path / "copy" / "run", copy_function=shutil.copy)
     copied = _catalog(tmp_path / "copy", tiny_eval["vora"])
     assert [(u.id, u.done) for u in evaluate.plan(copied)] == [
         ("shapes-heldout-mc", True), ("shapes-heldout-yesno", True), ("shapes-heldout-short", True)]

@@ -135,6 +135,32 @@ def test_changing_evaluate_settings_reruns_only_evaluate(finished, tmp_path):
     assert statuses(results) == expected
 
 
+def test_forced_mix_and_a_copied_run_redo_nothing_downstream(finished, tmp_path):
+    """Fingerprints name the run's own files by content: a mix stage redone with the same bytes, or the
+    run directory copied by a tool that resets every mtime (`cp -r`, rsync, an object-store sync), does
+    not retrain, remerge or re-evaluate."""
+    import shutil
+
+    from flows.pipeline import vora_pipeline
+
+    catalog, _ = finished
+    vora_pipeline(str(catalog))  # as this catalog asks (the tests above changed settings in this run directory)
+    root = load_catalog(catalog).run.root
+    mixture = root / "mixture" / "pretrain" / "part-00000.parquet"
+    before = (mixture.read_bytes(), mixture.stat().st_mtime_ns)
+    forced = vora_pipeline(str(catalog), force=["mix"])
+    assert (mixture.read_bytes(), mixture.stat().st_mtime_ns != before[1]) == (before[0], True)  # same bytes, new file
+    assert statuses(forced) == {stage: ["done"] if stage == "mix" else ["skipped"] for stage in STAGES}
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copy, ignore=shutil.ignore_patterns(".prefect"))
+    c = yaml.safe_load(catalog.read_text())
+    c["workdir"] = str(copy)
+    copied = tmp_path / "copied.yaml"
+    copied.write_text(yaml.safe_dump(c, sort_keys=False))
+    assert statuses(vora_pipeline(str(copied))) == {stage: ["skipped"] for stage in STAGES}
+
+
 # ------------------------------------------------------------------------------ crash and rerun
 
 

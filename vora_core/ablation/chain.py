@@ -56,11 +56,13 @@ def plan(catalog: Catalog, grid: Grid, only: list[str] | None = None) -> list[Un
     for name, variant in grid.variants.items():
         path = write_variant_catalog(catalog, name, variant, grid)
         derived = load_catalog(path)
-        pretrain_fp = train.pretrain.plan(derived)[0].fingerprint
+        pretrain = train.pretrain.plan(derived)[0]
         dumped = derived.model_dump(mode="json")
-        fp = fingerprint(STAGE, dumped, stages, pretrain_fp)
+        fp, *earlier = (fingerprint(STAGE, dumped, stages, pretrain_fp)
+                        for pretrain_fp in (pretrain.fingerprint, *pretrain.earlier_fingerprints))
         units.append(Unit(stage=STAGE, id=name, output=str(variant_root(catalog, name) / "result.json"),
-                          fingerprint=fp, params={"catalog": str(path), "stages": stages}))
+                          fingerprint=fp, params={"catalog": str(path), "stages": stages},
+                          earlier_fingerprints=tuple(earlier)))
     return units
 
 

@@ -65,14 +65,17 @@ def plan(catalog: Catalog) -> list[Unit]:
     units = []
     for spec in benchmark_specs(catalog):
         out = catalog.run.stage_dir(NAME) / spec["name"]
-        data = _data_identity(Path(spec["path"]))
-        # a held-out benchmark's labels live in the run: named by their path under it, so that a copied
-        # or moved run stays done (the absolute path, the earlier format, is accepted too)
-        fp = fingerprint(common, {**spec, "path": catalog.run.relative(spec["path"])}, data)
-        earlier = fingerprint(common, spec, data)
+        path, named = Path(spec["path"]), {**spec, "path": catalog.run.relative(spec["path"])}
+        data = _data_identity(path)
+        # a held-out benchmark's labels live in the run: named by their path under it and identified by
+        # their content, so that a run copied or moved by any means stays done (the earlier forms, by
+        # mtime and by absolute path, are accepted too)
+        inside = named["path"] != spec["path"] and path.is_file()
+        fp = fingerprint(common, named, catalog.run.content_identity([path]) if inside else data)
+        earlier = tuple(dict.fromkeys(f for f in (fingerprint(common, named, data), fingerprint(common, spec, data))
+                                      if f != fp))
         units.append(Unit(stage=NAME, id=spec["name"], output=str(out), fingerprint=fp,
-                          params={"spec": spec, "model": str(model)},
-                          earlier_fingerprints=(earlier,) if earlier != fp else ()))
+                          params={"spec": spec, "model": str(model)}, earlier_fingerprints=earlier))
     return units
 
 

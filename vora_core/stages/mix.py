@@ -7,6 +7,8 @@ Units, in order: `text:<source>` (-> `text/<source>/`), then `mixture:pretrain` 
 
 from __future__ import annotations
 
+import glob
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +24,25 @@ from vora_core.workdir import Unit, atomic_path, fingerprint, read_marker
 NAME = "mix"
 
 
-def _run_files(catalog: Catalog, pattern: Path, absolute: bool = False) -> list[list]:
-    """The identity of files inside the run directory, named by their path under it: a run directory
-    copied or moved elsewhere (`cp -a`, mtimes kept) stays done. `absolute`: the format before stop 23
-    (absolute paths), accepted as done so that older runs are not rebuilt."""
+# How fingerprints name the run's own files: "content" (path under the run, size, sha256: a copy by any
+# means, or a rebuild with the same bytes, stays done); the earlier forms, still accepted as done so that
+# older runs are not rebuilt: "mtime" (path under the run, size, mtime; stop 23) and "absolute" (before).
+FORMS = ("content", "mtime", "absolute")
+
+
+def _run_files(catalog: Catalog, pattern: Path, form: str = "content") -> list[list]:
+    """The identity of files inside the run directory, in fingerprint form `form` (FORMS)."""
+    if form == "content":
+        return catalog.run.content_identity(sorted(glob.glob(str(pattern))))
     identities = file_identities(str(pattern))
-    return identities if absolute else [[catalog.run.relative(name), *rest] for name, *rest in identities]
+    return identities if form == "absolute" else [[catalog.run.relative(name), *rest] for name, *rest in identities]
 
 
-def _text_inputs(catalog: Catalog, name: str, absolute: bool = False) -> list:
+def _text_inputs(catalog: Catalog, name: str, form: str = "content") -> list:
     src = catalog.text_sources[name]
     if src.format == "shapes_vqa":
-        return [_run_files(catalog, catalog.run.sources(str(src.source)) / "labels.parquet", absolute),
-                _run_files(catalog, catalog.run.shards(str(src.source)) / "*.parquet", absolute)]
+        return [_run_files(catalog, catalog.run.sources(str(src.source)) / "labels.parquet", form),
+                _run_files(catalog, catalog.run.shards(str(src.source)) / "*.parquet", form)]
     if src.path and "://" not in src.path:
         p = Path(src.path)
         pattern = str(p / "*") if p.is_dir() else src.path
@@ -43,7 +51,7 @@ def _text_inputs(catalog: Catalog, name: str, absolute: bool = False) -> list:
     return [src.path]
 
 
-def _text_fingerprint(catalog: Catalog, name: str, absolute: bool = False) -> str:
+def _text_fingerprint(catalog: Catalog, name: str, form: str = "content") -> str:
     src = catalog.text_sources[name]
     # llava images are decoded, resized and re-encoded with the download settings
     images = {k: getattr(catalog.download, k) for k in OUTPUT_SETTINGS} if src.format == "llava" else None
@@ -51,31 +59,37 @@ def _text_fingerprint(catalog: Catalog, name: str, absolute: bool = False) -> st
     if settings["layout"] == "shuffled":  # the default before `layout` existed: older runs stay valid
         del settings["layout"]
     return fingerprint("text", TEXT_FORMAT, settings, catalog.seed, catalog.mix.rows_per_part,
-                       _text_inputs(catalog, name, absolute), images)
+                       _text_inputs(catalog, name, form), images)
+
+
+def _earlier(fp: str, forms: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(f for f in forms if f != fp))
 
 
 def text_unit(catalog: Catalog, name: str) -> Unit:
-    fp, earlier = _text_fingerprint(catalog, name), _text_fingerprint(catalog, name, absolute=True)
+    fp = _text_fingerprint(catalog, name)
+    earlier = _earlier(fp, (_text_fingerprint(catalog, name, form) for form in FORMS[1:]))
     return Unit(stage=NAME, id=f"text:{name}", output=str(catalog.run.text(name)), fingerprint=fp,
-                params={"kind": "text", "name": name}, earlier_fingerprints=(earlier,) if earlier != fp else ())
+                params={"kind": "text", "name": name}, earlier_fingerprints=earlier)
 
 
-def _mixture_fingerprint(catalog: Catalog, stage: str, absolute: bool = False) -> str:
+def _mixture_fingerprint(catalog: Catalog, stage: str, form: str = "content") -> str:
     m: MixtureSettings = getattr(catalog.mix, stage)
     captions = []
     if m.captions is not None:
         for source in caption_sources(catalog, m):
-            captions.append(_run_files(catalog, catalog.run.shards(source) / "?????.parquet", absolute))
+            captions.append(_run_files(catalog, catalog.run.shards(source) / "?????.parquet", form))
             if m.captions.policy != "alt":
-                captions.append(_run_files(catalog, catalog.run.captions(source) / "*.parquet", absolute))
-    texts = {name: _text_fingerprint(catalog, name, absolute) for name in m.text}
+                captions.append(_run_files(catalog, catalog.run.captions(source) / "*.parquet", form))
+    texts = {name: _text_fingerprint(catalog, name, form) for name in m.text}
     return fingerprint("mixture", MIXTURE_FORMAT, stage, m.model_dump(mode="json"), captions, texts)
 
 
 def mixture_unit(catalog: Catalog, stage: str) -> Unit:
-    fp, earlier = _mixture_fingerprint(catalog, stage), _mixture_fingerprint(catalog, stage, absolute=True)
+    fp = _mixture_fingerprint(catalog, stage)
+    earlier = _earlier(fp, (_mixture_fingerprint(catalog, stage, form) for form in FORMS[1:]))
     return Unit(stage=NAME, id=f"mixture:{stage}", output=str(catalog.run.mixture(stage)), fingerprint=fp,
-                params={"kind": "mixture", "name": stage}, earlier_fingerprints=(earlier,) if earlier != fp else ())
+                params={"kind": "mixture", "name": stage}, earlier_fingerprints=earlier)
 
 
 def plan(catalog: Catalog) -> list[Unit]:

@@ -7,7 +7,6 @@ called with each logged metrics record while the run trains.
 
 from __future__ import annotations
 
-import glob
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from vora_core.train.prepare import (
     fresh_start_if_stale,
     is_tiny,
     mixture_dir,
+    mixture_identity,
     model_paths,
     prepare_spec,
     settings_of,
@@ -29,17 +29,26 @@ from vora_core.train.prepare import (
     summarise,
 )
 from vora_core.train.spec import STAGES
-from vora_core.workdir import Unit, dir_identity, files_identity, fingerprint, read_marker
+from vora_core.workdir import Unit, dir_identity, fingerprint, read_marker
 
 
 def plan(catalog: Catalog, stage: str) -> list[Unit]:
     """One unit: the training run. Its fingerprint covers the settings that change the result, the
-    mixture files and the input models."""
+    mixture files (by content: a copied run, or a mixture rebuilt with the same bytes, does not retrain)
+    and the input models. The fingerprint's earlier form (mixture files by name, size and mtime) still
+    counts as done, and still resumes its checkpoints."""
+    fp, earlier = (_fingerprint(catalog, stage, content) for content in (True, False))
+    out = catalog.run.stage_dir(stage) / "final"
+    return [Unit(stage=stage, id=stage, output=str(out), fingerprint=fp,
+                 params={"mixture": str(mixture_dir(catalog, stage))},
+                 earlier_fingerprints=(earlier,) if earlier != fp else ())]
+
+
+def _fingerprint(catalog: Catalog, stage: str, content: bool) -> str:
     settings = settings_of(catalog, stage).model_dump(mode="json")
     trained = {k: v for k, v in settings.items() if k not in OPERATIONAL}
     world = settings["nproc_per_node"] * settings["nnodes"]  # the data order depends on it
-    mix = mixture_dir(catalog, stage)
-    mix_id = files_identity(sorted(glob.glob(str(mix / "part-*.parquet"))))
+
     if stage == "pretrain":
         llm, teacher = model_paths(catalog)
 
@@ -47,8 +56,7 @@ def plan(catalog: Catalog, stage: str) -> list[Unit]:
             # A tiny model is built by this stage from the settings (and, for the LLM's tokenizer, the
             # mixtures' text): identify it by those, not by its directory, which the first run creates.
             if is_tiny(name):
-                return ["tiny", [files_identity(sorted(glob.glob(str(mixture_dir(catalog, s) / "part-*.parquet"))))
-                                 for s in STAGES] if path == llm else None]
+                return ["tiny", [mixture_identity(catalog, s, content) for s in STAGES] if path == llm else None]
             return dir_identity(Path(path)) if path and Path(path).exists() else path
 
         inputs = [catalog.model.model_dump(mode="json"), identity(catalog.model.llm, llm),
@@ -56,9 +64,7 @@ def plan(catalog: Catalog, stage: str) -> list[Unit]:
     else:
         path = Path(catalog.finetune.model or catalog.run.stage_dir("merge"))
         inputs = [catalog.model.transform, catalog.model.attn_implementation, dir_identity(path)]
-    fp = fingerprint(stage, trained, world, mix_id, inputs)
-    out = catalog.run.stage_dir(stage) / "final"
-    return [Unit(stage=stage, id=stage, output=str(out), fingerprint=fp, params={"mixture": str(mix)})]
+    return fingerprint(stage, trained, world, mixture_identity(catalog, stage, content), inputs)
 
 
 def run_unit(catalog: Catalog, unit: Unit, on_progress: Callable[[dict], None] | None = None) -> dict:

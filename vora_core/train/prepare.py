@@ -39,6 +39,7 @@ from vora_core.workdir import (
     fingerprint,
     is_done,
     read_marker,
+    upgrade_marker,
     write_marker,
 )
 
@@ -63,6 +64,14 @@ def settings_of(catalog: Catalog, stage: str) -> TrainSettings:
 def mixture_dir(catalog: Catalog, stage: str) -> Path:
     s = settings_of(catalog, stage)
     return Path(s.mixture) if s.mixture else catalog.run.mixture(stage)
+
+
+def mixture_identity(catalog: Catalog, stage: str, content: bool = True) -> list[list]:
+    """A stage's mixture part files as fingerprints name them: by content (`RunDir.content_identity`: a
+    copied run, or a mixture rebuilt with the same bytes, stays done), or in the earlier form (file
+    name, size, mtime) that older runs' markers hold. [] before the mix stage has written them."""
+    parts = sorted(glob.glob(str(mixture_dir(catalog, stage) / "part-*.parquet")))
+    return catalog.run.content_identity(parts) if content else files_identity(parts)
 
 
 def is_tiny(name: str | None) -> bool:
@@ -106,11 +115,10 @@ def build_tiny_models(catalog: Catalog, on_progress: Callable[[dict], None] | No
     out: dict[str, Path] = {}
     if is_tiny(m.llm):
         llm_dir = root / "llm"
-        dirs = [mixture_dir(catalog, s) for s in STAGES]
-        present = [d for d in dirs if glob.glob(str(d / "part-*.parquet"))]
-        fp = fingerprint("tiny-llm", t.model_dump(), [files_identity(mixture_files(d)) for d in present])
+        present = [s for s in STAGES if glob.glob(str(mixture_dir(catalog, s) / "part-*.parquet"))]
+        fp = _tiny_llm_fingerprint(catalog, llm_dir, present)
         if not (llm_dir.exists() and is_done(llm_dir, fp)):
-            texts = mixture_texts(catalog.run, present)
+            texts = mixture_texts(catalog.run, [mixture_dir(catalog, s) for s in present])
             if not texts:
                 raise StageError(f"no mixture text under {catalog.run.root / 'mixture'} to train the tiny tokenizer "
                                  "on; run the mix stage first")
@@ -150,6 +158,16 @@ def build_tiny_models(catalog: Catalog, on_progress: Callable[[dict], None] | No
             built("teacher", stats.get("validation_accuracy", {}))
         out["teacher"] = teacher_dir
     return out
+
+
+def _tiny_llm_fingerprint(catalog: Catalog, llm_dir: Path, present: list[str]) -> str:
+    """The tiny LLM's fingerprint: its settings and the mixtures its tokenizer reads (by content). A model
+    built under the earlier form (mixture files by mtime) has its marker brought up to date."""
+    fp, earlier = (fingerprint("tiny-llm", catalog.model.tiny.model_dump(),
+                               [mixture_identity(catalog, s, content) for s in present]) for content in (True, False))
+    if earlier != fp and llm_dir.exists() and is_done(llm_dir, earlier):
+        upgrade_marker(llm_dir, read_marker(llm_dir) or {}, fp)
+    return fp
 
 
 def _teacher_pictures(catalog: Catalog) -> SyntheticShapesSource | None:
@@ -275,7 +293,8 @@ def fresh_start_if_stale(out_dir: Path, unit: Unit) -> None:
     settings, mixture or model) or the unit is forced (its marker still matches), the old checkpoints,
     metrics and curve go and training starts from step 0."""
     ident = out_dir / "run.fingerprint"
-    stale = unit.done or (ident.exists() and ident.read_text().strip() != unit.fingerprint)
+    stale = unit.done or (ident.exists() and ident.read_text().strip() not in (unit.fingerprint,
+                                                                               *unit.earlier_fingerprints))
     if stale:
         log.info("%s: settings or inputs changed (or forced): starting from step 0", unit.stage)
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
