@@ -132,3 +132,20 @@ def test_deleted_output_is_redone_and_failure_leaves_no_marker(tmp_path):
     with pytest.raises(ValueError):
         run_unit_with_marker(unit, boom)
     assert not marker_path(unit.output).exists()
+
+
+def test_checkpoints_resume_under_an_earlier_fingerprint_form_and_go_when_inputs_change(tmp_path):
+    """A training run killed before its fingerprint's form changed resumes from its checkpoints."""
+    from vora_core.train.prepare import fresh_start_if_stale
+
+    out = tmp_path / "pretrain"
+    (out / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    (out / "run.fingerprint").write_text("old-form\n")
+    unit = Unit(stage="pretrain", id="pretrain", output=str(out / "final"), fingerprint="new-form",
+                earlier_fingerprints=("old-form",))
+    fresh_start_if_stale(out, unit)
+    assert (out / "checkpoints" / "step-0000002").is_dir() and (out / "metrics.jsonl").exists()
+    assert (out / "run.fingerprint").read_text() == "new-form\n"
+    fresh_start_if_stale(out, Unit(stage="pretrain", id="pretrain", output=str(out / "final"), fingerprint="other"))
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()

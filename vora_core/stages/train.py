@@ -48,7 +48,6 @@ def _fingerprint(catalog: Catalog, stage: str, content: bool) -> str:
     settings = settings_of(catalog, stage).model_dump(mode="json")
     trained = {k: v for k, v in settings.items() if k not in OPERATIONAL}
     world = settings["nproc_per_node"] * settings["nnodes"]  # the data order depends on it
-
     if stage == "pretrain":
         llm, teacher = model_paths(catalog)
 
