@@ -25,7 +25,7 @@ def small_demo(tmp_path: Path) -> Path:
         for key in ("path", "image_dir"):
             if key in text:
                 text[key] = str(ROOT / text[key])
-    c["text_sources"]["shapes_vqa"]["draws"] = 2
+    c["text_sources"]["shapes_vqa"].update(draws=2, layout="shuffled")  # every question in each conversation
     path = tmp_path / "mixflow.yaml"
     path.write_text(yaml.safe_dump(c, sort_keys=False))
     return path
