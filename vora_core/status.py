@@ -100,9 +100,12 @@ def render(name: str, workdir: str | Path, status: dict[str, list[dict]], width:
 # ----------------------------------------------------------------------------- a unit's headline
 
 
-def _counts(counts: dict | None) -> str:
-    """`{"bad_url": 3, "timeout": 1}` → "bad_url 3, timeout 1"."""
-    return ", ".join(f"{k} {v:,}" for k, v in (counts or {}).items())
+def _counts(counts: dict | None, top: int = 3, longest: int = 60) -> str:
+    """`{"bad_url": 3, "timeout": 1}` → "bad_url 3, timeout 1": the `top` most frequent (a log line is a
+    glance; the failures artifact and `vora status` hold every reason in full), each cut at `longest`."""
+    items = sorted((counts or {}).items(), key=lambda kv: -kv[1])
+    text = ", ".join(f"{k if len(k) <= longest else k[:longest - 1] + '…'} {v:,}" for k, v in items[:top])
+    return text + (f", {len(items) - top} more reasons" if len(items) > top else "")
 
 
 def _with(text: str, extra: str, label: str = "") -> str:

@@ -60,8 +60,14 @@ def test_headline_gives_each_stage_its_figure():
                      "nan_steps": 2}) == "2,404 steps, loss 5.990 → 0.382, 2 non-finite steps skipped"
     assert headline({"bound": 2.67e-05, "dtype": "float32", "max_abs_logit_diff": 2.563e-06, "passed": True}) == \
         "check passed: max |Δ logit| 2.56e-06 ≤ bound 2.67e-05 (float32)"
-    assert headline({"successes": 197, "failures": 3, "failures_by_reason": {"bad_url": 2, "timeout": 1}}) == \
-        "197 images, 3 failed (bad_url 2, timeout 1)"
+    assert headline({"successes": 197, "failures": 3, "failures_by_reason": {"timeout": 1, "bad_url": 2}}) == \
+        "197 images, 3 failed (bad_url 2, timeout 1)"  # most frequent first
+    many = {f"HTTPError: 404 Client Error: Not Found for url: http://example.com/{'x' * 40}/{i}.jpg": 10 - i
+            for i in range(5)}
+    cut = "HTTPError: 404 Client Error: Not Found for url: http://exam…"  # 60 characters
+    assert len(cut) == 60
+    assert headline({"successes": 0, "failures": 40, "failures_by_reason": many}) == (
+        f"0 images, 40 failed ({cut} 10, {cut} 9, {cut} 8, 2 more reasons)")
     assert headline({"input_rows": 600, "rows": 598, "filtered": {"too_small": 2}, "rejected": {}}) == \
         "598 of 600 rows kept (too_small 2)"
     assert headline({"captions": 200, "images": 200, "flags": {"invalid_text": 199, "truncated": 197}}) == \
