@@ -133,12 +133,22 @@ def files_identity(paths: Iterable[str | Path], full_path: bool = False) -> list
 DIGESTS_FILE = ".digests.json"
 
 
+# The last parsed digests file per path, by its (inode, size, mtime): a plan identifies many file groups
+# one after another, and each would otherwise parse the whole file again.
+_PARSED_DIGESTS: dict[Path, tuple[tuple[int, int, int], dict[str, list]]] = {}
+
+
 def _load_digests(path: Path) -> dict[str, list]:
+    """The digests file's entries (a copy: the caller may add to it); {} when it is missing or unreadable."""
     try:
-        data = json.loads(path.read_text())
+        st = path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if path not in _PARSED_DIGESTS or _PARSED_DIGESTS[path][0] != key:
+            data = json.loads(path.read_text())
+            _PARSED_DIGESTS[path] = (key, data if isinstance(data, dict) else {})
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return dict(_PARSED_DIGESTS[path][1])
 
 
 def dir_identity(path: Path) -> list:
