@@ -12,6 +12,7 @@ embeddings (target: < 3 % at a 4k-token batch).
                                                          # (benchmarks/train_loader.py)
     .venv/bin/python benchmarks/train_step.py --compare --vocab 4096 --teacher-hidden 256 --row-tokens 4096 \
         --image-share 1 --steps 3    # eager vs compiled, plain vs chunked LM loss; pretrain and finetune
+    .venv/bin/python benchmarks/train_step.py --documents ...   # SDPA per document vs the dense mask
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true",
                         help="instead: eager vs compiled and plain vs chunked LM loss, pretrain and finetune, "
                              "steps interleaved so every variant sees the same machine load")
+    parser.add_argument("--documents", action="store_true",
+                        help="instead: SDPA per document vs SDPA with the dense mask, pretrain and finetune, "
+                             "taking turns on the same batches")
     parser.add_argument("--loader", action="store_true",
                         help="instead: packing vs padding and the data loader vs the step, through the stage code")
     args = parser.parse_args()
@@ -113,8 +117,8 @@ def main() -> None:
         run()
         return
 
-    if args.compare:
-        compare(args)
+    if args.compare or args.documents:
+        compare(args, DOCUMENT_VARIANTS if args.documents else COMPILE_VARIANTS)
         return
     torch.manual_seed(args.seed)
     text = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
@@ -179,7 +183,7 @@ def main() -> None:
           f"{100 * sum(prep) / sum(step_times):.2f} % of the step (target < 3 %)")
 
 
-def build(args, stage: str, compiled: bool, chunk: int) -> VoRAForCausalLM:
+def build(args, stage: str, compiled: bool, chunk: int, per_document: bool = True) -> VoRAForCausalLM:
     """The benchmark's model for a stage (finetune: the merged shape, no LoRA, no teacher), seeded."""
     torch.manual_seed(args.seed)
     text = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
@@ -193,7 +197,7 @@ def build(args, stage: str, compiled: bool, chunk: int) -> VoRAForCausalLM:
                         lora_rank=args.lora_rank if stage == "pretrain" else 0,
                         distill=args.distill if stage == "pretrain" else "none", image_size=args.image_size,
                         patch_size=args.patch_size, image_token_id=IMAGE_TOKEN, attn_implementation=args.attn,
-                        lm_loss_chunk=chunk)
+                        lm_loss_chunk=chunk, per_document_attention=per_document)
     model = VoRAForCausalLM(config).to(args.device)
     configure_trainable(model, stage)
     if compiled:
@@ -203,19 +207,25 @@ def build(args, stage: str, compiled: bool, chunk: int) -> VoRAForCausalLM:
     return model.train()
 
 
-def compare(args) -> None:
-    """Tokens/s of eager vs compiled blocks and plain vs chunked LM loss, per stage; the variants take turns
-    step by step on the same batches. Step 0 (compilation, allocator warm-up) is reported apart."""
-    variants = [("eager", args.lm_loss_chunk), ("eager", 0), ("compiled", args.lm_loss_chunk)]
+# (blocks, LM-loss chunk: None = --lm-loss-chunk, attention per document); the first is the ratios' base
+COMPILE_VARIANTS = [("eager", None, True), ("eager", 0, True), ("compiled", None, True)]
+DOCUMENT_VARIANTS = [("eager", None, True), ("eager", None, False)]
+
+
+def compare(args, variants: list[tuple[str, int | None, bool]]) -> None:
+    """Tokens/s of model variants per stage (eager vs compiled blocks, plain vs chunked LM loss, SDPA per
+    document vs the dense mask); the variants take turns step by step on the same batches. Step 0
+    (compilation, allocator warm-up) is reported apart."""
+    variants = [(mode, args.lm_loss_chunk if chunk is None else chunk, per_doc) for mode, chunk, per_doc in variants]
     rng = random.Random(args.seed)
     print(f"LLM {args.hidden}x{args.layers} vocab {args.vocab}, ViT {args.teacher_hidden}x{args.teacher_layers} at "
           f"{args.image_size}/{args.patch_size}, LoRA r{args.lora_rank}, "
           f"{args.batch} x {args.row_tokens} packed tokens, "
           f"image share {args.image_share}, {args.device}, {torch.get_num_threads()} threads, fp32")
-    print("| stage | blocks | LM loss | step 0 (s) | s/step | tokens/s | vs eager, chunked |")
-    print("|---|---|---|---|---|---|---|")
+    print("| stage | blocks | LM loss | attention | step 0 (s) | s/step | tokens/s | vs the first |")
+    print("|---|---|---|---|---|---|---|---|")
     for stage in ("pretrain", "finetune"):
-        models = [build(args, stage, mode == "compiled", chunk) for mode, chunk in variants]
+        models = [build(args, stage, mode == "compiled", chunk, per_doc) for mode, chunk, per_doc in variants]
         tokens_per_image = models[0].config.num_image_tokens(args.image_size, args.image_size)
         times: list[list[float]] = [[] for _ in variants]
         for _ in range(args.steps + 1):
@@ -229,9 +239,12 @@ def compare(args) -> None:
                 times[k].append(time.perf_counter() - start)
                 model.zero_grad(set_to_none=True)
         base = sorted(times[0][1:])[len(times[0][1:]) // 2]
-        for (mode, chunk), t in zip(variants, times, strict=True):
+        for (mode, chunk, per_doc), t in zip(variants, times, strict=True):
             step_s = sorted(t[1:])[len(t[1:]) // 2]  # median of the timed steps
-            print(f"| {stage} | {mode} | {'chunked ' + str(chunk) if chunk else 'plain'} | {t[0]:.1f} | {step_s:.2f} | "
+            attention = (args.attn if args.attn != "sdpa"
+                         else "per document" if per_doc and mode == "eager" else "dense mask")
+            print(f"| {stage} | {mode} | {'chunked ' + str(chunk) if chunk else 'plain'} | {attention} | "
+                  f"{t[0]:.1f} | {step_s:.2f} | "
                   f"{args.batch * args.row_tokens / step_s:.0f} | {base / step_s:.2f}x |", flush=True)
         del models
 

@@ -11,34 +11,11 @@ import random
 
 import pytest
 import torch
-from model_helpers import image_run, make_vora
+from model_helpers import make_vora, packed_batch
 
 from vora_core.model.compile import compile_blocks
 
 LENGTHS = (40, 57, 33, 64)  # one batch each, in this order
-
-
-def packed_batch(tiny, rng: random.Random, length: int) -> dict:
-    """Two packed rows of `length` tokens: one 16-token image sample first, then text documents."""
-    def words(n: int) -> list[int]:
-        return [t if t != tiny.image_token_id else 11 for t in (rng.randrange(10, 250) for _ in range(n))]
-
-    rows, docs, labels, images = [], [], [], []
-    for _ in range(2):
-        row = [3] + image_run(tiny, 16) + words(rng.randint(3, 9))
-        lab = [-100] * 17 + row[17:]
-        doc = [0] * len(row)
-        images.append(torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(rng.randrange(10**6))))
-        d = 1
-        while len(row) < length:
-            text = words(rng.randint(4, 15))[: length - len(row)]
-            row, lab, doc = row + text, lab + [-100] + text[1:], doc + [d] * len(text)
-            d += 1
-        rows.append(row)
-        labels.append(lab)
-        docs.append(doc)
-    return {"input_ids": torch.tensor(rows), "labels": torch.tensor(labels), "doc_ids": torch.tensor(docs),
-            "pixel_values": images}
 
 
 def train_steps(model, batches: list[dict]) -> list[float]:

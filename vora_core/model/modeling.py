@@ -26,12 +26,14 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from vora_core.errors import ModelError
-from vora_core.model import masks
+from vora_core.model import document_attention, masks
 from vora_core.model.config import VoRAConfig
 from vora_core.model.distill import AuxHead, capture_student_blocks, cosine_loss, teacher_targets
 from vora_core.model.lora import inject_lora
 from vora_core.model.loss import lm_loss_sum
 from vora_core.model.vision_embedding import VisionEmbedding, grids_of, init_from_teacher
+
+document_attention.register()  # `sdpa` computes packed rows per document when the forward asks
 
 
 @dataclass
@@ -203,6 +205,7 @@ class VoRAForCausalLM(VoRAPreTrainedModel):
         packed = doc_ids is not None
         needs_mask = packed or attention_mask is not None or (has_images and config.vision_attention == "bidirectional")
         docs = None
+        segments = None  # packed rows regrouped per document for SDPA (document_attention)
         if needs_mask:
             docs = masks.padding_doc_ids(attention_mask, doc_ids, torch.Size((batch, kv_len)), device)
             if docs.shape[-1] != kv_len:
@@ -211,8 +214,11 @@ class VoRAForCausalLM(VoRAPreTrainedModel):
                 limit = torch.arange(q_len, device=device).expand(batch, q_len)
             else:
                 limit = masks.visibility_limit(image_ids, len(grids), config.vision_attention == "bidirectional")
-            mask = masks.build_attention_mask(docs, limit + past_len, config.text_config._attn_implementation,
-                                              llm_dtype)
+            attn_implementation = config.text_config._attn_implementation
+            mask = masks.build_attention_mask(docs, limit + past_len, attn_implementation, llm_dtype)
+            if (packed and past_len == 0 and attn_implementation == "sdpa" and config.per_document_attention
+                    and not getattr(self.llm.get_decoder().layers[0], "_vora_compiled", False)):
+                segments = document_attention.document_segments(docs, limit, llm_dtype)
             if position_ids is None:
                 position_ids = masks.positions_from_doc_ids(docs)[:, past_len:]
         else:
@@ -233,6 +239,7 @@ class VoRAForCausalLM(VoRAPreTrainedModel):
                 position_ids=position_ids,
                 past_key_values=past_key_values,
                 use_cache=use_cache if use_cache is not None else past_key_values is not None,
+                **({"document_segments": segments} if segments is not None else {}),
             )
         hidden = out.last_hidden_state
         lm_head = self.llm.get_output_embeddings()
