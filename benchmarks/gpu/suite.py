@@ -1,8 +1,8 @@
 """The GPU suite: one run on a fresh GPU machine, one JSON + markdown report (benchmarks/gpu/run.sh runs it).
 
 Sections (each reports status ok | skipped | failed; one failing section does not stop the others):
-  flex_vs_sdpa  FlexAttention BlockMask vs dense-mask SDPA: loss and LoRA gradients of one packed batch
-                with images, forward + backward (CUDA only: FlexAttention has no CPU backward)
+  flex_vs_sdpa  FlexAttention BlockMask and SDPA per document vs dense-mask SDPA: loss and LoRA gradients of
+                one packed batch with images, forward + backward (flex on CUDA only: it has no CPU backward)
   step          the pretraining step at Qwen2.5-7B dimensions with random weights (fp32 master weights +
                 bf16 autocast, as the train stage runs): eager vs compiled (vora_core.model.compile) x
                 flex vs sdpa; tokens/s, MFU (FLOPs counted explicitly, formula in the report), peak memory
@@ -87,7 +87,7 @@ SMOKE = StepConfig(hidden=64, layers=3, heads=4, kv_heads=2, intermediate=128, v
 # ------------------------------------------------------------------------------------------ model + batch
 
 
-def build_model(c: StepConfig, attn: str, device: str):
+def build_model(c: StepConfig, attn: str, device: str, per_document: bool = True):
     from transformers import Aimv2VisionConfig, Qwen2Config
 
     from vora_core.model.config import VoRAConfig
@@ -102,7 +102,7 @@ def build_model(c: StepConfig, attn: str, device: str):
                                 image_size=c.image_size, patch_size=c.patch_size, use_head=False)
     config = VoRAConfig(text_config=text, teacher_config=teacher, lora_rank=c.lora_rank, lora_layers=c.lora_layers,
                         image_size=c.image_size, patch_size=c.patch_size, image_token_id=IMAGE_TOKEN,
-                        attn_implementation=attn)
+                        attn_implementation=attn, per_document_attention=per_document)
     torch.manual_seed(0)
     with torch.device(device):
         model = VoRAForCausalLM(config)
@@ -255,28 +255,51 @@ def section_flex_vs_sdpa(args, run: Run) -> dict:
                                                 image_size=224, row_tokens=1024, batch=2)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = {}
-    attns = ("sdpa", "flex_attention") if device == "cuda" else ("sdpa",)
-    for attn in attns:
-        model = build_model(c, attn, device)
+    # dense-mask SDPA, SDPA per document (vora_core.model.document_attention), FlexAttention
+    variants = {"sdpa": ("sdpa", False), "sdpa_per_document": ("sdpa", True)}
+    if device == "cuda":
+        variants["flex_attention"] = ("flex_attention", True)
+    for name, (attn, per_document) in variants.items():
+        model = build_model(c, attn, device, per_document)
         randomize_lora_b(model)
         batch = make_batch(c, model, device)
         out = model(**batch)
         out.loss.backward()
         grads = {n: p.grad.float() for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None}
-        results[attn] = (out.loss.detach().float(), grads)
+        results[name] = (out.loss.detach().float(), grads)
         del model
+    per_document = _agreement(results["sdpa"], results["sdpa_per_document"])
     report = {"config": asdict(c), "device": device, "precision": "fp32", "loss_sdpa": float(results["sdpa"][0]),
-              "lora_tensors": len(results["sdpa"][1]), "block_sparsity": block_sparsity(batch)}
+              "lora_tensors": len(results["sdpa"][1]), "block_sparsity": block_sparsity(batch),
+              "per_document": {**per_document, "score_cells_fraction": document_cells_fraction(batch)}}
     if device != "cuda":
-        return {**report, "status": "skipped", "reason": "FlexAttention needs CUDA (no CPU backward); sdpa ran"}
-    (loss_s, g_s), (loss_f, g_f) = results["sdpa"], results["flex_attention"]
-    max_diff = max(float((g_s[n] - g_f[n]).abs().max()) for n in g_s)
+        return {**report, "status": "skipped" if per_document["equal"] else "failed",
+                "reason": "FlexAttention needs CUDA (no CPU backward); sdpa ran, dense and per document"}
+    flex = _agreement(results["sdpa"], results["flex_attention"])
+    equal = flex["equal"] and per_document["equal"]
+    return {**report, "status": "ok" if equal else "failed", "loss_flex": float(results["flex_attention"][0]),
+            **flex}
+
+
+def _agreement(reference: tuple, other: tuple) -> dict:
+    """Loss and LoRA gradients of two attention paths on one batch: equal within fp32 tolerance?"""
+    (loss_s, g_s), (loss_o, g_o) = reference, other
+    max_diff = max(float((g_s[n] - g_o[n]).abs().max()) for n in g_s)
     scale = max(float(g.abs().max()) for g in g_s.values())
-    rel = max(float((g_s[n] - g_f[n]).norm() / g_s[n].norm().clamp(min=1e-30)) for n in g_s)
-    equal = abs(float(loss_s - loss_f)) <= 1e-4 * abs(float(loss_s)) + 1e-5 and max_diff <= 1e-3 * scale + 1e-6
-    return {**report, "status": "ok" if equal else "failed", "loss_flex": float(loss_f),
-            "loss_abs_diff": abs(float(loss_s - loss_f)), "lora_grad_max_abs_diff": max_diff,
+    rel = max(float((g_s[n] - g_o[n]).norm() / g_s[n].norm().clamp(min=1e-30)) for n in g_s)
+    equal = abs(float(loss_s - loss_o)) <= 1e-4 * abs(float(loss_s)) + 1e-5 and max_diff <= 1e-3 * scale + 1e-6
+    return {"loss_abs_diff": abs(float(loss_s - loss_o)), "lora_grad_max_abs_diff": max_diff,
             "lora_grad_max_abs": scale, "lora_grad_max_rel_l2": rel, "equal": equal}
+
+
+def document_cells_fraction(batch: dict) -> float | None:
+    """Score cells SDPA per document computes, as a fraction of the dense mask's (None: not regrouped)."""
+    from vora_core.model import document_attention
+
+    docs = batch["doc_ids"]
+    segments = document_attention.document_segments(docs, torch.arange(docs.shape[1]).expand_as(docs),
+                                                     torch.float32)
+    return None if segments is None else segments.cells / segments.dense_cells
 
 
 def _time_steps(model, batch: dict, steps: int, device: str) -> dict:

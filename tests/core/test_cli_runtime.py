@@ -88,6 +88,49 @@ def test_embedded_server_that_cannot_start_in_time_is_retried_then_one_line(tmp_
     assert not (tmp_path / "r" / "sources").exists()
 
 
+def test_a_fresh_run_starts_its_server_on_a_copy_of_a_migrated_database(tmp_path):
+    import sqlite3
+    from contextlib import closing
+
+    import prefect
+
+    cache = tmp_path / "cache"
+    template = cache / "vora" / "prefect-db" / prefect.__version__ / "prefect.db"
+    for workdir in ("r1", "r2"):
+        (tmp_path / f"{workdir}.yaml").write_text(yaml.safe_dump(
+            {"name": "c", "workdir": workdir, "sources": {"s": {"kind": "synthetic_shapes", "n": 4}}}))
+
+    def download(workdir: str) -> None:
+        out = subprocess.run([VORA, "stage", "download", f"{workdir}.yaml"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300, env=env(XDG_CACHE_HOME=str(cache)))
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert (tmp_path / workdir / "shards" / "s" / "00000.tar").exists()
+
+    download("r1")  # migrates a new database, and keeps a copy of it
+    with closing(sqlite3.connect(template)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # one file, nothing in a WAL
+        assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)  # empty: taken before any run
+        db.execute("CREATE TABLE copied_from_the_template (x)")
+    download("r2")  # starts from the copy
+    with closing(sqlite3.connect(tmp_path / "r2" / ".prefect" / "prefect.db")) as db:
+        assert db.execute("SELECT count(*) FROM copied_from_the_template").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone()[0] >= 1
+
+
+def test_a_damaged_database_template_is_dropped_not_copied(tmp_path, monkeypatch):
+    from flows import embedded
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = embedded.database_template()
+    template.mkdir(parents=True)
+    (template / "prefect.db").write_bytes(b"not a database")  # would cost the whole start-up timeout
+    database = tmp_path / "home" / "prefect.db"
+    database.parent.mkdir()
+    assert embedded.seed_database(database) is False
+    assert not database.exists() and not template.exists()  # the next fresh run makes a new one
+
+
 class _Stalling(http.server.BaseHTTPRequestHandler):
     """Answers nothing for a long time: img2dataset's requests hang while the test kills the CLI."""
 

@@ -1,10 +1,12 @@
 """The scale-out settings the README names exist in the catalog and reach the code that uses them."""
 
+import sys
+
 import pytest
 
 from vora_core.catalog import parse_catalog
 from vora_core.errors import StageError
-from vora_core.train.launch import torchrun_command
+from vora_core.train.launch import torchrun_command, training_command
 
 SCALED = {
     "name": "scaled",
@@ -38,3 +40,12 @@ def test_multi_node_torchrun_command():
     assert "--standalone" in torchrun_command("spec.json", single)
     with pytest.raises(StageError, match="nnodes=2 needs rdzv_endpoint"):
         torchrun_command("spec.json", single.model_copy(update={"nnodes": 2}))
+
+
+def test_one_rank_on_one_machine_starts_without_torchrun():
+    one = parse_catalog({**SCALED, "pretrain": {"nproc_per_node": 1}}).pretrain
+    assert training_command("spec.json", one) == [sys.executable, "-m", "vora_core.train.worker", "--spec", "spec.json"]
+    two = one.model_copy(update={"nproc_per_node": 2})
+    assert training_command("spec.json", two) == torchrun_command("spec.json", two)
+    across = one.model_copy(update={"nnodes": 2, "rdzv_endpoint": "node-0:29500"})
+    assert training_command("spec.json", across)[1:3] == ["-m", "torch.distributed.run"]

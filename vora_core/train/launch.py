@@ -1,10 +1,11 @@
-"""Launch a training run as a `torchrun` subprocess and follow it.
+"""Launch a training run as a subprocess (`torchrun` for more than one rank) and follow it.
 
 The spec is written to `<out_dir>/spec.json`; torchrun starts `nproc_per_node` ranks of
 `vora_core.train.worker` (standalone rendezvous on one node, c10d at `rdzv_endpoint` across nodes —
-run the same command on every node). Output goes to `<out_dir>/train.log`. While it runs, the last
-line of `metrics.jsonl` is handed to `on_progress` every `poll_s` seconds. The child runs in its own
-process group: if the caller is interrupted the whole group is killed, never left behind.
+run the same command on every node); a single rank on one machine is started directly. Output goes to
+`<out_dir>/train.log`. While it runs, the last line of `metrics.jsonl` is handed to `on_progress`
+every `poll_s` seconds. The child runs in its own process group: if the caller is interrupted the
+whole group is killed, never left behind.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def die_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def training_command(spec_path: str | Path, settings: TrainSettings, run_id: str = "vora") -> list[str]:
+    """One process on one machine runs the rank directly (world 1 needs no rendezvous, and torchrun's
+    agent costs ~2 s of start-up per stage on 2 cores); anything larger goes through torchrun."""
+    if settings.nproc_per_node == 1 and settings.nnodes == 1 and not settings.rdzv_endpoint:
+        return [sys.executable, "-m", "vora_core.train.worker", "--spec", str(spec_path)]
+    return torchrun_command(spec_path, settings, run_id)
 
 
 def torchrun_command(spec_path: str | Path, settings: TrainSettings, run_id: str = "vora") -> list[str]:
@@ -115,7 +124,7 @@ def launch(spec: RunSpec, on_progress: Callable[[dict], None] | None = None, pol
     out.mkdir(parents=True, exist_ok=True)
     spec_path = spec.save(out / "spec.json")
     log_path = out / "train.log"
-    cmd = torchrun_command(spec_path, spec.settings, run_id)
+    cmd = training_command(spec_path, spec.settings, run_id)
     child_env = child_environment(env)
     log.info("launching: %s", " ".join(cmd))
     stats_path = out / "run_stats.json"
@@ -134,7 +143,7 @@ def launch(spec: RunSpec, on_progress: Callable[[dict], None] | None = None, pol
                         seen = record
                         on_progress(record)
         finally:
-            if child.poll() is None:  # interrupted: take the whole torchrun group down
+            if child.poll() is None:  # interrupted: take the whole group (torchrun, ranks, loaders) down
                 try:
                     os.killpg(child.pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -1,4 +1,5 @@
-"""Entry point of one training rank: `python -m vora_core.train.worker --spec SPEC.json` (under torchrun).
+"""Entry point of one training rank: `python -m vora_core.train.worker --spec SPEC.json` (under torchrun,
+or alone for a world of one).
 
 Exit codes: 0 done, 3 diverged (too many non-finite steps), 1 any other error. Rank 0 writes the
 run's stats to `<out_dir>/run_stats.json`.
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vora_core.train.launch import die_with_parent
 
-    die_with_parent()  # torchrun's agent killed → this rank goes too
+    die_with_parent()  # torchrun's agent (or, alone, the stage) killed → this rank goes too
     import vora_core  # noqa: F401  (registers the VoRA Auto classes)
     from vora_core.train.loop import TrainingDiverged, train
     from vora_core.train.spec import RunSpec
