@@ -183,7 +183,7 @@ def main() -> None:
           f"{100 * sum(prep) / sum(step_times):.2f} % of the step (target < 3 %)")
 
 
-def build(args, stage: str, compiled: bool, chunk: int, per_document: bool = True) -> VoRAForCausalLM:
+def build(args, stage: str, compiled: bool, chunk: int, per_document: str = "auto") -> VoRAForCausalLM:
     """The benchmark's model for a stage (finetune: the merged shape, no LoRA, no teacher), seeded."""
     torch.manual_seed(args.seed)
     text = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
@@ -207,12 +207,12 @@ def build(args, stage: str, compiled: bool, chunk: int, per_document: bool = Tru
     return model.train()
 
 
-# (blocks, LM-loss chunk: None = --lm-loss-chunk, attention per document); the first is the ratios' base
-COMPILE_VARIANTS = [("eager", None, True), ("eager", 0, True), ("compiled", None, True)]
-DOCUMENT_VARIANTS = [("eager", None, True), ("eager", None, False)]
+# (blocks, LM-loss chunk: None = --lm-loss-chunk, per_document_attention); the first is the ratios' base
+COMPILE_VARIANTS = [("eager", None, "auto"), ("eager", 0, "auto"), ("compiled", None, "auto")]
+DOCUMENT_VARIANTS = [("eager", None, "always"), ("eager", None, "never")]
 
 
-def compare(args, variants: list[tuple[str, int | None, bool]]) -> None:
+def compare(args, variants: list[tuple[str, int | None, str]]) -> None:
     """Tokens/s of model variants per stage (eager vs compiled blocks, plain vs chunked LM loss, SDPA per
     document vs the dense mask); the variants take turns step by step on the same batches. Step 0
     (compilation, allocator warm-up) is reported apart."""
@@ -241,8 +241,8 @@ def compare(args, variants: list[tuple[str, int | None, bool]]) -> None:
         base = sorted(times[0][1:])[len(times[0][1:]) // 2]
         for (mode, chunk, per_doc), t in zip(variants, times, strict=True):
             step_s = sorted(t[1:])[len(t[1:]) // 2]  # median of the timed steps
-            attention = (args.attn if args.attn != "sdpa"
-                         else "per document" if per_doc and mode == "eager" else "dense mask")
+            attention = (args.attn if args.attn != "sdpa" or per_doc == "auto"
+                         else "per document" if per_doc == "always" and mode == "eager" else "dense mask")
             print(f"| {stage} | {mode} | {'chunked ' + str(chunk) if chunk else 'plain'} | {attention} | "
                   f"{t[0]:.1f} | {step_s:.2f} | "
                   f"{args.batch * args.row_tokens / step_s:.0f} | {base / step_s:.2f}x |", flush=True)

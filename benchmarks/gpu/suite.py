@@ -87,7 +87,7 @@ SMOKE = StepConfig(hidden=64, layers=3, heads=4, kv_heads=2, intermediate=128, v
 # ------------------------------------------------------------------------------------------ model + batch
 
 
-def build_model(c: StepConfig, attn: str, device: str, per_document: bool = True):
+def build_model(c: StepConfig, attn: str, device: str, per_document: str = "auto"):
     from transformers import Aimv2VisionConfig, Qwen2Config
 
     from vora_core.model.config import VoRAConfig
@@ -256,9 +256,9 @@ def section_flex_vs_sdpa(args, run: Run) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = {}
     # dense-mask SDPA, SDPA per document (vora_core.model.document_attention), FlexAttention
-    variants = {"sdpa": ("sdpa", False), "sdpa_per_document": ("sdpa", True)}
+    variants = {"sdpa": ("sdpa", "never"), "sdpa_per_document": ("sdpa", "always")}
     if device == "cuda":
-        variants["flex_attention"] = ("flex_attention", True)
+        variants["flex_attention"] = ("flex_attention", "auto")
     for name, (attn, per_document) in variants.items():
         model = build_model(c, attn, device, per_document)
         randomize_lora_b(model)
@@ -298,7 +298,7 @@ def document_cells_fraction(batch: dict) -> float | None:
 
     docs = batch["doc_ids"]
     segments = document_attention.document_segments(docs, torch.arange(docs.shape[1]).expand_as(docs),
-                                                     torch.float32)
+                                                     torch.float32, "always")
     return None if segments is None else segments.cells / segments.dense_cells
 
 

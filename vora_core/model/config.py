@@ -30,8 +30,9 @@ class VoRAConfig(PreTrainedConfig):
     `lm_loss_chunk`: label positions per chunk of the LM loss (0: the whole batch's logits at once);
     see `vora_core.model.loss`.
 
-    `per_document_attention`: under `sdpa`, packed rows attend per document (the masked-away score
-    tiles are not computed; `vora_core.model.document_attention`). Not with compiled blocks.
+    `per_document_attention` (`auto` | `always` | `never`): under `sdpa`, packed rows attend per
+    document, the masked-away score tiles not computed (`vora_core.model.document_attention`; `auto`:
+    where it saves enough per token to pay). Not with compiled blocks.
 
     `image_resize="fixed"` resizes every image to `image_size`²; `"native"` keeps the aspect ratio
     with at most `max_image_tokens` patches (the positional embedding is interpolated to the grid).
@@ -64,7 +65,7 @@ class VoRAConfig(PreTrainedConfig):
     vision_rms_norm_eps: float | None = None
     initializer_range: float = 0.02
     lm_loss_chunk: int = 4096
-    per_document_attention: bool = True
+    per_document_attention: str = "auto"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

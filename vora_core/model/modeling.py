@@ -216,9 +216,10 @@ class VoRAForCausalLM(VoRAPreTrainedModel):
                 limit = masks.visibility_limit(image_ids, len(grids), config.vision_attention == "bidirectional")
             attn_implementation = config.text_config._attn_implementation
             mask = masks.build_attention_mask(docs, limit + past_len, attn_implementation, llm_dtype)
-            if (packed and past_len == 0 and attn_implementation == "sdpa" and config.per_document_attention
+            if (packed and past_len == 0 and attn_implementation == "sdpa"
                     and not getattr(self.llm.get_decoder().layers[0], "_vora_compiled", False)):
-                segments = document_attention.document_segments(docs, limit, llm_dtype)
+                segments = document_attention.document_segments(docs, limit, llm_dtype,
+                                                                config.per_document_attention)
             if position_ids is None:
                 position_ids = masks.positions_from_doc_ids(docs)[:, past_len:]
         else:
