@@ -5,7 +5,7 @@
   even under `kill -9` (Linux parent-death signal).
 * A run's fresh database starts as a copy of an empty one already migrated by this Prefect version
   (`~/.cache/vora/prefect-db/<version>/`, made by the first fresh run): migrating a new SQLite file
-  is most of the server's start-up (~15 s of a fresh demo's first 20 on 2 cores; 5 s with the copy).
+  is most of the server's start-up (14.5 s on 2 cores for the demo's fresh run; 6.3 s with the copy).
   Any trouble with the copy, and the server starts on a new file as before.
 * A `PREFECT_API_URL` that does not answer is one line naming it, before any work starts.
 * The terminal shows one line per log record; tracebacks go to `<workdir>/logs/vora.log` only.

@@ -5,10 +5,10 @@ mask, of which only Σ lᵢ² are visible; nothing on CPU (nor SDPA on CUDA) ski
 LLM's attention regroups the batch's documents into batches of their own, `[n, L]` per length group,
 runs SDPA there with each document's own mask (the same rule as `masks.dense_mask`, counted from the
 document's start) and puts every token's output back in place. Both moves are gathers, forward and
-backward (`_Regroup`). Documents are grouped by length (one
-group per power of two, each padded to its own longest), so one long document does not pad many
-short ones to its length. Padding tokens (document −1) attend to nothing: no real token sees them
-and no label reads them, so their outputs are a copy of another token's and carry no gradient.
+backward (`_Regroup`). Documents are grouped by length (one group per power of two, each padded to
+its own longest), so one long document does not pad many short ones to its length. Padding tokens
+(document −1) attend to nothing: no real token sees them and no label reads them, so their outputs
+are a copy of another token's and carry no gradient.
 
 The decoder still receives the dense mask: the regrouping rides along as the `document_segments`
 keyword, which only this module's SDPA reads, so `eager` (and any other implementation) stays exact.
