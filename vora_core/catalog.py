@@ -461,6 +461,10 @@ class TrainSettings(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global grad norm (null: no clipping)")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     grad_checkpointing: bool = False
+    frozen_bf16: bool = Field(
+        True, description="under bf16 autocast, keep the frozen linear weights that bf16 holds exactly (a bf16 "
+        "checkpoint's) in bf16: the same step without autocast's per-step casts, half their memory; saved as "
+        "fp32 (not with fsdp2 over several ranks)")
     compile: Literal["auto"] | bool = Field(
         "auto", description="torch.compile each LLM decoder block (regional; inductor on CPU and CUDA). auto: on "
         "CUDA only — measured 1.25-1.33x on an H200 at 7B dimensions, 0.89-0.99x on CPU at the demo's size "

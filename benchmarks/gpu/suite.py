@@ -3,9 +3,11 @@
 Sections (each reports status ok | skipped | failed; one failing section does not stop the others):
   flex_vs_sdpa  FlexAttention BlockMask and SDPA per document vs dense-mask SDPA: loss and LoRA gradients of
                 one packed batch with images, forward + backward (flex on CUDA only: it has no CPU backward)
-  step          the pretraining step at Qwen2.5-7B dimensions with random weights (fp32 master weights +
-                bf16 autocast, as the train stage runs): eager vs compiled (vora_core.model.compile) x
-                flex vs sdpa; tokens/s, MFU (FLOPs counted explicitly, formula in the report), peak memory
+  step          the pretraining step at Qwen2.5-7B dimensions with random weights of bf16 values (fp32 master
+                weights + bf16 autocast, frozen linear weights kept in bf16, as the train stage runs): eager vs
+                compiled (vora_core.model.compile) x flex vs sdpa, or the --variants given (frozen weights in
+                fp32, more rows per step); tokens/s, MFU (FLOPs counted explicitly, formula in the report),
+                peak memory
   recaption     the recaption engine `vllm` on the tiny captioner saved to disk: images/s
   demo          `vora run catalogs/demo.yaml` on the GPU, fresh workdir: wall time. Without Prefect & co.:
                 with --demo-catalog, that catalog's model stages (pretrain, merge, finetune, evaluate; its
@@ -106,6 +108,10 @@ def build_model(c: StepConfig, attn: str, device: str, per_document: str = "auto
     torch.manual_seed(0)
     with torch.device(device):
         model = VoRAForCausalLM(config)
+    if device != "meta":  # values bf16 holds, held in fp32: what loading Qwen2.5's bf16 checkpoint gives
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(param.to(torch.bfloat16))
     configure_trainable(model, "pretrain")
     return model.train()
 
@@ -116,6 +122,7 @@ def make_batch(c: StepConfig, model, device: str, seed: int = 0):
     args = argparse.Namespace(batch=c.batch, row_tokens=c.row_tokens, vocab=c.vocab, image_share=c.image_share,
                               image_size=c.image_size)
     per_image = model.config.num_image_tokens(c.image_size, c.image_size)
+    torch.manual_seed(seed)  # the images: every variant times the same batch
     ids, docs, labels, images = build_batch(args, random.Random(seed), per_image)
     return {"input_ids": ids.to(device), "doc_ids": docs.to(device), "labels": labels.to(device),
             "pixel_values": [i.to(device) for i in images] or None}
@@ -292,13 +299,14 @@ def _agreement(reference: tuple, other: tuple) -> dict:
             "lora_grad_max_abs": scale, "lora_grad_max_rel_l2": rel, "equal": equal}
 
 
-def document_cells_fraction(batch: dict) -> float | None:
-    """Score cells SDPA per document computes, as a fraction of the dense mask's (None: not regrouped)."""
+def document_cells_fraction(batch: dict, mode: str = "always") -> float | None:
+    """Score cells SDPA per document computes under `mode`, as a fraction of the dense mask's (None: not
+    regrouped)."""
     from vora_core.model import document_attention
 
     docs = batch["doc_ids"]
     segments = document_attention.document_segments(docs, torch.arange(docs.shape[1]).expand_as(docs),
-                                                     torch.float32, "always")
+                                                     torch.float32, mode)
     return None if segments is None else segments.cells / segments.dense_cells
 
 
@@ -323,61 +331,108 @@ def _time_steps(model, batch: dict, steps: int, device: str) -> dict:
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
+@dataclass(frozen=True)
+class StepVariant:
+    """One timed step configuration: attention, eager or compiled blocks, the frozen linear weights' storage
+    (`bf16`: `vora_core.model.frozen_weights`, what the train stage does under bf16 autocast; `fp32`: as
+    loaded), rows of `row_tokens` per step, and `per_document_attention` (sdpa)."""
+
+    attn: str
+    mode: str
+    frozen: str = "bf16"
+    rows: int = 1
+    per_document: str = "auto"
+
+    @classmethod
+    def parse(cls, text: str) -> StepVariant:
+        """`ATTN:MODE[:FROZEN[:ROWS[:PER_DOCUMENT]]]`, e.g. `flex_attention:compiled:bf16:2`."""
+        parts = text.split(":")
+        attn, mode, frozen, rows, per_document = (parts + ["", "", "bf16", "1", "auto"][len(parts):])[:5]
+        if (attn not in ("flex_attention", "sdpa") or mode not in ("eager", "compiled")
+                or frozen not in ("bf16", "fp32") or not rows.isdigit() or int(rows) < 1
+                or per_document not in ("auto", "always", "never") or len(parts) > 5):
+            raise ValueError(f"step variant {text!r}: write ATTN:MODE[:FROZEN[:ROWS[:PER_DOCUMENT]]] with ATTN "
+                             "flex_attention|sdpa, MODE eager|compiled, FROZEN bf16|fp32, ROWS >= 1, PER_DOCUMENT "
+                             "auto|always|never")
+        return cls(attn, mode, frozen, int(rows), per_document)
+
+    @property
+    def label(self) -> str:
+        return f"{self.attn}:{self.mode}:{self.frozen}:{self.rows}:{self.per_document}"
+
+
+def default_variants(device: str, smoke_compile: bool) -> list[StepVariant]:
+    attns = ["flex_attention", "sdpa"] if device == "cuda" else ["sdpa"]
+    modes = ["eager", "compiled"] if (device == "cuda" or smoke_compile) else ["eager"]
+    return [StepVariant(a, m) for a in attns for m in modes]
+
+
 def section_step(args, run: Run) -> dict:
+    from vora_core.model import frozen_weights
     from vora_core.model.compile import compile_blocks
 
     c = SMOKE if args.cpu_smoke else StepConfig()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    attns = ["flex_attention", "sdpa"] if device == "cuda" else ["sdpa"]
-    modes = ["eager", "compiled"] if (device == "cuda" or args.smoke_compile) else ["eager"]
+    variants = ([StepVariant.parse(v) for v in args.variants.split(",") if v] if args.variants
+                else default_variants(device, args.smoke_compile))
     peak = peak_tflops(args.peak_tflops)
     result = {"status": "running", "config": asdict(c), "device": device, "steps": args.steps, "peak_tflops": peak,
               "matmul_tflops": matmul_tflops(device), "flops_formula": FLOPS_FORMULA, "runs": []}
     runs = result["runs"]
-    for attn in attns:
-        if run.left() < RESERVE_S["eager"]:
-            runs += [{"attn": attn, "mode": m, "status": "skipped", "error": "time budget (--budget-s) spent"}
-                     for m in modes]
+    model, model_attn, compiled, lean = None, None, False, []
+    for variant in variants:
+        base = {"attn": variant.attn, "mode": variant.mode, "frozen": variant.frozen, "rows": variant.rows,
+                "per_document": variant.per_document}
+        if run.left() < RESERVE_S[variant.mode]:
+            runs.append({**base, "status": "skipped", "error": f"time budget (--budget-s) spent: "
+                         f"{max(0.0, run.left()):.0f} s left, {RESERVE_S[variant.mode]:.0f} s needed"})
             continue
-        model = build_model(c, attn, device)
-        randomize_lora_b(model)
-        batch = make_batch(c, model, device)
-        if "block_sparsity" not in result:
-            result["block_sparsity"] = block_sparsity(batch)
-        flops = step_flops(c, model, batch)
-        model_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else None
-        for mode in modes:
-            base = {"attn": attn, "mode": mode}
-            if run.left() < RESERVE_S[mode]:
-                runs.append({**base, "status": "skipped", "error": f"time budget (--budget-s) spent: "
-                             f"{max(0.0, run.left()):.0f} s left, {RESERVE_S[mode]:.0f} s needed"})
-                continue
-            try:
-                if mode == "compiled":
-                    compile_blocks(model)
-                timed = _time_steps(model, batch, args.steps, device)
-            except Exception as err:  # one variant failing (e.g. flex + compile) leaves the others
-                runs.append({**base, "status": "failed", "error": f"{type(err).__name__}: {err}"[:2000]})
+        try:
+            if model is None or model_attn != variant.attn or (compiled and variant.mode == "eager"):
+                model = None
+                torch._dynamo.reset()  # compiled code holds the blocks: free the model before building the next
+                gc.collect()
                 if device == "cuda":
                     torch.cuda.empty_cache()
-                run.save("step", result)
-                continue
-            seconds, tokens = timed["step_s"], batch["input_ids"].numel()
-            runs.append({**base, "status": "ok", **timed, "tokens_per_s": tokens / seconds,
-                         "tflops_per_s": flops / seconds / 1e12,
-                         "mfu": flops / seconds / (peak * 1e12) if peak else None,
-                         "mfu_of_measured_matmul": (flops / seconds / (result["matmul_tflops"] * 1e12)
-                                                    if result["matmul_tflops"] else None),
-                         "model_memory_gib": model_gib, "flops_per_step": flops, "tokens": tokens,
-                         "images": len(batch["pixel_values"] or [])})
-            print(f"[gpu-suite] step {attn} {mode}: {seconds:.3f} s/step, {tokens / seconds:.0f} tokens/s",
-                  flush=True)
-            run.save("step", result)  # after each variant: a run cut short keeps the variants so far
-        del model, batch
-        torch._dynamo.reset()  # compiled code holds the blocks: free the model before building the next
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+                model, model_attn, compiled, lean = build_model(c, variant.attn, device), variant.attn, False, []
+                randomize_lora_b(model)
+            if (variant.frozen == "bf16") != bool(lean):
+                if lean:
+                    frozen_weights.restore(model, lean)
+                    lean = []
+                else:
+                    lean = frozen_weights.store_exact(model)
+                torch._dynamo.reset()  # compiled blocks do not guard on a parameter's dtype changed in place
+            model.config.per_document_attention = variant.per_document
+            if variant.mode == "compiled" and not compiled:
+                compile_blocks(model)
+                compiled = True
+            cv = StepConfig(**{**asdict(c), "batch": variant.rows})
+            batch = make_batch(cv, model, device)
+            if "block_sparsity" not in result:
+                result["block_sparsity"] = block_sparsity(batch)
+            flops = step_flops(cv, model, batch)
+            model_gib = torch.cuda.memory_allocated() / 2**30 if device == "cuda" else None
+            timed = _time_steps(model, batch, args.steps, device)
+        except Exception as err:  # one variant failing (e.g. flex + compile) leaves the others
+            runs.append({**base, "status": "failed", "error": f"{type(err).__name__}: {err}"[:2000]})
+            model, batch = None, None
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            run.save("step", result)
+            continue
+        seconds, tokens = timed["step_s"], batch["input_ids"].numel()
+        cells = document_cells_fraction(batch, variant.per_document) if variant.attn == "sdpa" else None
+        runs.append({**base, "status": "ok", **timed, "per_document_cells_fraction": cells,
+                     "tokens_per_s": tokens / seconds, "tflops_per_s": flops / seconds / 1e12,
+                     "mfu": flops / seconds / (peak * 1e12) if peak else None,
+                     "mfu_of_measured_matmul": (flops / seconds / (result["matmul_tflops"] * 1e12)
+                                                if result["matmul_tflops"] else None),
+                     "model_memory_gib": model_gib, "flops_per_step": flops, "tokens": tokens,
+                     "images": len(batch["pixel_values"] or []), "frozen_bf16_tensors": len(lean)})
+        print(f"[gpu-suite] step {variant.label}: {seconds:.3f} s/step, {tokens / seconds:.0f} tokens/s", flush=True)
+        run.save("step", result)  # after each variant: a run cut short keeps the variants so far
+        del batch
     result["status"] = "ok" if all(r["status"] == "ok" for r in runs) else (
         "failed" if any(r["status"] == "failed" for r in runs) else "partial")
     return result
@@ -551,13 +606,14 @@ def markdown(report: dict) -> str:
                       f"matmul: {_fmt(sec['matmul_tflops'], '.1f')} TFLOP/s", ""]
             if sec.get("block_sparsity"):
                 lines += [f"block sparsity of the timed batch: {sec['block_sparsity']}", ""]
-            lines += ["| attn | mode | status | step s | first step s | tokens/s | TFLOP/s | MFU | MFU of matmul "
-                      "| peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += ["| attn | mode | frozen | rows | status | step s | first step s | tokens/s | TFLOP/s | MFU "
+                      "| MFU of matmul | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in sec["runs"]:
+                head = f"| {r['attn']} | {r['mode']} | {r['frozen']} | {r['rows']} |"
                 if r["status"] != "ok":
-                    lines.append(f"| {r['attn']} | {r['mode']} | {r['status']}: {r['error']} | | | | | | | |")
+                    lines.append(f"{head} {r['status']}: {r['error']} | | | | | | | |")
                     continue
-                lines.append(f"| {r['attn']} | {r['mode']} | ok | {r['step_s']:.3f} | {r['first_step_s']:.1f} | "
+                lines.append(f"{head} ok | {r['step_s']:.3f} | {r['first_step_s']:.1f} | "
                              f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.1f} | "
                              f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')} % | "
                              f"{_fmt(r['mfu_of_measured_matmul'] and 100 * r['mfu_of_measured_matmul'], '.1f')} % | "
@@ -591,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="reduced sizes on CPU: checks the suite itself")
     parser.add_argument("--smoke-compile", action="store_true", help="--cpu-smoke: time the compiled step too (slow)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--variants", default=None,
+                        help="step: comma list of ATTN:MODE[:FROZEN[:ROWS[:PER_DOCUMENT]]] (default: "
+                        "flex_attention and sdpa x eager and compiled, frozen bf16, 1 row; on CPU sdpa:eager)")
     parser.add_argument("--images", type=int, default=256, help="recaption: images")
     parser.add_argument("--peak-tflops", type=float, default=None, help="MFU denominator (default: by device name)")
     parser.add_argument("--demo-catalog", default=None,
@@ -602,6 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    try:
+        [StepVariant.parse(v) for v in (args.variants or "").split(",") if v]
+    except ValueError as err:
+        parser.error(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'cpu'})"

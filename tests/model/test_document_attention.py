@@ -61,6 +61,8 @@ def test_no_regrouping_where_it_cannot_apply_or_would_not_pay():
     assert segments(torch.arange(2).repeat_interleave(256)[None], "auto") is None
     eight = segments(torch.arange(8).repeat_interleave(256)[None], "auto")
     assert (eight.cells, eight.dense_cells) == (8 * 256 * 256, 2048 * 2048)
+    # off CPU (measured on an H200) auto leaves it to the dense mask (or flex): decided before any work
+    assert segments(torch.arange(8).repeat_interleave(256)[None].to("meta"), "auto") is None
 
 
 def _step(model, batch):

@@ -47,8 +47,12 @@ def test_cpu_smoke_writes_the_report(suite, tmp_path) -> None:
     step = sections["step"]
     assert step["status"] == "ok" and step["config"]["hidden"] == 64 and step["flops_formula"] == suite.FLOPS_FORMULA
     [run] = step["runs"]
-    assert {k: run[k] for k in ("attn", "mode", "status", "tokens", "mfu", "peak_memory_gib")} == {
-        "attn": "sdpa", "mode": "eager", "status": "ok", "tokens": 1024, "mfu": None, "peak_memory_gib": None}
+    assert {k: run[k] for k in ("attn", "mode", "frozen", "rows", "status", "tokens", "mfu", "peak_memory_gib")} == {
+        "attn": "sdpa", "mode": "eager", "frozen": "bf16", "rows": 1, "status": "ok", "tokens": 1024, "mfu": None,
+        "peak_memory_gib": None}
+    # the frozen linears kept in bf16: q, k, v (weight + bias), o, gate, up, down of 3 blocks; the 7 linears
+    # (no bias) of 2 teacher blocks; the untied LM head
+    assert run["frozen_bf16_tensors"] == 3 * 10 + 2 * 7 + 1
     assert run["tokens_per_s"] > 0 and run["flops_per_step"] > 0 and run["images"] >= 1 and run["loss"] > 0
     # 1,024 tokens in 128-token tiles: 8 x 8 = 64 tiles; a causal mask skips the 28 above the diagonal
     sparsity = step["block_sparsity"]
@@ -59,7 +63,7 @@ def test_cpu_smoke_writes_the_report(suite, tmp_path) -> None:
                                 "seconds": 0.0}
     assert sections["recaption"]["status"] == "skipped"
     md = (out / "report.md").read_text()
-    for line in ("## flex_vs_sdpa: skipped", "## step: ok", "| sdpa | eager | ok |", "## demo: skipped"):
+    for line in ("## flex_vs_sdpa: skipped", "## step: ok", "| sdpa | eager | bf16 | 1 | ok |", "## demo: skipped"):
         assert line in md
 
 
@@ -141,6 +145,38 @@ def test_unknown_section_is_one_clear_line(suite, tmp_path, capsys) -> None:
         suite.main(["--cpu-smoke", "--out", str(tmp_path), "--sections", "step,stepp"])
     assert exit_info.value.code == 2
     assert "unknown sections ['stepp']; choose from flex_vs_sdpa, step, recaption, demo" in capsys.readouterr().err
+
+
+def test_step_variants_parse_and_bad_ones_exit_2(suite, tmp_path, capsys) -> None:
+    V = suite.StepVariant
+    assert V.parse("flex_attention:compiled") == V("flex_attention", "compiled", "bf16", 1)
+    assert V.parse("sdpa:eager:fp32:2") == V("sdpa", "eager", "fp32", 2, "auto")
+    assert V.parse("sdpa:eager:bf16:1:never") == V("sdpa", "eager", "bf16", 1, "never")
+    assert suite.default_variants("cuda", False) == [V("flex_attention", "eager"), V("flex_attention", "compiled"),
+                                                      V("sdpa", "eager"), V("sdpa", "compiled")]
+    assert suite.default_variants("cpu", False) == [V("sdpa", "eager")]
+    with pytest.raises(SystemExit) as exit_info:
+        suite.main(["--cpu-smoke", "--out", str(tmp_path), "--variants", "sdpa:eager,sdpa:fast"])
+    assert exit_info.value.code == 2
+    assert ("step variant 'sdpa:fast': write ATTN:MODE[:FROZEN[:ROWS[:PER_DOCUMENT]]] with ATTN flex_attention|sdpa, "
+            "MODE eager|compiled, FROZEN bf16|fp32, ROWS >= 1, PER_DOCUMENT auto|always|never"
+            ) in capsys.readouterr().err
+
+
+def test_step_variants_switch_the_frozen_weights_and_rows(suite, tmp_path) -> None:
+    out = tmp_path / "report"
+    assert suite.main(["--cpu-smoke", "--out", str(out), "--steps", "1", "--sections", "step",
+                       "--variants", "sdpa:eager:fp32:1,sdpa:eager:bf16:1,sdpa:eager:bf16:2,"
+                       "sdpa:eager:fp32:1:always"]) == 0
+    runs = json.loads((out / "report.json").read_text())["sections"]["step"]["runs"]
+    assert [(r["frozen"], r["rows"], r["tokens"], r["frozen_bf16_tensors"], r["status"]) for r in runs] == [
+        ("fp32", 1, 1024, 0, "ok"), ("bf16", 1, 1024, 45, "ok"), ("bf16", 2, 2048, 45, "ok"),
+        ("fp32", 1, 1024, 0, "ok")]
+    # the same batch: bf16 storage and its restoring change no number (per document: within rounding)
+    assert runs[0]["loss"] == runs[1]["loss"] != runs[2]["loss"]
+    assert abs(runs[3]["loss"] - runs[0]["loss"]) < 1e-5
+    assert runs[0]["per_document_cells_fraction"] is None  # auto at 1,024 tokens: the dense mask
+    assert 0 < runs[3]["per_document_cells_fraction"] < 1
 
 
 def test_full_size_model_builds_on_meta(suite) -> None:

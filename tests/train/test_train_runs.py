@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from train_world import World, vora_config
 
 from vora_core.catalog import PretrainSettings
@@ -24,12 +25,12 @@ pytestmark = pytest.mark.slow
 COMPARED = ("loss", "lm_loss", "distill", "distill_blocks", "grad_norm", "lr", "tokens", "samples", "epoch", "skipped")
 
 
-def make_spec(world: World, out: Path, **settings):
+def make_spec(world: World, out: Path, llm: Path | None = None, **settings):
     _, fields = vora_config(world, "native", max_image_tokens=20)
     base = dict(seq_len=160, steps=8, micro_batch=2, grad_accum=2, lr=2e-3, warmup_steps=2, checkpoint_every=4,
                 keep_last=2, num_workers=0, cpu_threads=1, seed=0)
     s = PretrainSettings(**{**base, **settings})
-    model = {"init": "parts", "llm": str(world.llm), "teacher": str(world.teacher), "fields": fields}
+    model = {"init": "parts", "llm": str(llm or world.llm), "teacher": str(world.teacher), "fields": fields}
     spec, _ = prepare_spec("pretrain", out, world.mixture, world.run, model, str(world.llm), s, "native")
     return spec
 
@@ -74,6 +75,25 @@ def test_kill_and_resume_equals_an_uninterrupted_run(world, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [p.name for p in sorted(spec.checkpoints.iterdir())] == ["step-0000016", "step-0000020"]  # keep_last
     assert (Path(spec.out_dir) / "loss.png").stat().st_size > 1000
+
+
+def test_frozen_bf16_trains_the_same_steps_and_saves_what_it_loaded(world, tmp_path):
+    llm = tmp_path / "llm-bf16"  # a bf16 checkpoint's values, as Qwen2.5's, stored in fp32
+    shutil.copytree(world.llm, llm)
+    weights = load_file(str(llm / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16).float() for k, v in weights.items()}, str(llm / "model.safetensors"),
+              metadata={"format": "pt"})
+    specs = {lean: make_spec(world, tmp_path / str(lean), llm=llm, steps=3, checkpoint_every=3, precision="bf16",
+                             frozen_bf16=lean) for lean in (True, False)}
+    for spec in specs.values():
+        launch(spec)
+    lean_log, plain_log = ((Path(specs[k].out_dir) / "train.log").read_text() for k in (True, False))
+    assert "frozen linear tensors in bf16" in lean_log and "in bf16" not in plain_log
+    lean_rows, plain_rows = (read_metrics(specs[k].metrics) for k in (True, False))
+    assert [{k: r[k] for k in COMPARED} for r in lean_rows] == [{k: r[k] for k in COMPARED} for r in plain_rows]
+    a, b = final_weights(specs[True]), final_weights(specs[False])
+    assert a.keys() == b.keys() and {t.dtype for t in a.values()} == {torch.float32}
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")

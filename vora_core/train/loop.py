@@ -37,6 +37,7 @@ from torch import nn
 
 from vora_core.catalog import TrainSettings
 from vora_core.errors import DataError, StageError
+from vora_core.model import frozen_weights
 from vora_core.train import checkpoint
 from vora_core.train.loader import EpochPlans, PackDataset, build_loader
 from vora_core.train.metrics import MetricsLog, plot_loss, read_metrics, truncate_metrics
@@ -276,6 +277,11 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
         self.module, self.trainable_counts = build_model(spec, dist.device.type)
         module = self.module
+        use_bf16 = s.precision == "bf16" or (s.precision == "auto" and dist.device.type == "cuda")
+        # FSDP2 shards a block's parameters as one flat dtype: there they stay fp32.
+        self.lean_frozen: list[str] = []
+        if use_bf16 and s.frozen_bf16 and not (s.strategy == "fsdp2" and dist.world > 1):
+            self.lean_frozen = frozen_weights.store_exact(module.to(dist.device))
         if s.grad_checkpointing:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.wrapped = wrap(module, s.strategy, dist)
@@ -306,7 +312,6 @@ class Trainer:
         elif dist.main and spec.metrics.exists():
             spec.metrics.unlink()  # a fresh run: no stale lines from a run without checkpoints
 
-        use_bf16 = s.precision == "bf16" or (s.precision == "auto" and dist.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         dataset = PackDataset(spec.index, builder)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -320,9 +325,10 @@ class Trainer:
         self.trace = MetricsLog(self.trace_dir / f"rank-{dist.rank}.jsonl") if self.trace_dir is not None else None
         self.pending: tuple | None = None  # (step, device vector, host figures) of the step not logged yet
         if dist.main:
+            lean = f", {len(self.lean_frozen)} frozen linear tensors in bf16" if self.lean_frozen else ""
             print(f"[train] {spec.stage}: {self.total} steps ({steps_per_epoch} per epoch), world {dist.world}, "
                   f"trainable {self.trainable_counts['trainable']:,} / frozen {self.trainable_counts['frozen']:,}, "
-                  f"start at step {self.state['step']}", flush=True)
+                  f"start at step {self.state['step']}{lean}", flush=True)
 
     def step(self) -> None:
         """One optimizer step (its metrics stay on the device until the next `log`)."""
@@ -421,6 +427,7 @@ class Trainer:
                 self.metrics.close()
             if self.trace is not None:
                 self.trace.close()
+        frozen_weights.restore(self.module, self.lean_frozen)  # what is saved is what was loaded
         if self.trace_dir is not None:
             self.save_trace(self.trace_dir)
         dist, state = self.dist, self.state

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # Settings that do not change what is trained (where it runs, how often it saves).
 OPERATIONAL = ("num_workers", "checkpoint_every", "keep_last", "device", "cpu_threads", "rdzv_endpoint",
                "node_rank", "nnodes", "nproc_per_node", "strategy", "grad_checkpointing", "compile",
-               "lm_loss_chunk", "resources")
+               "lm_loss_chunk", "frozen_bf16", "resources")
 SEQUENCE_SETTINGS = ("seq_len", "system_prompt")
 
 
