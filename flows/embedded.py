@@ -119,6 +119,7 @@ def save_database_template(database: Path) -> None:
     """Keep a consistent copy of a just-migrated database (SQLite's online backup: the server may be
     writing) as the template, unless there is one. Never fails the run."""
     template = database_template()
+    drop_stale_partials(template)
     if (template / DATABASE_FILES[0]).is_file():
         return
     partial = template.with_name(f".{template.name}.{os.getpid()}")
@@ -138,6 +139,23 @@ def save_database_template(database: Path) -> None:
         log.debug("database template not saved: %s", e)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def drop_stale_partials(template: Path) -> None:
+    """Remove the half-made templates (`.<version>.<pid>`) of processes that are gone (killed while
+    saving: their `finally` never ran)."""
+    if not template.parent.is_dir():
+        return
+    for partial in template.parent.glob(f".{template.name}.*"):
+        pid = partial.name.rsplit(".", 1)[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except OSError:  # alive, another user's: not ours to remove
+            pass
 
 
 def drop_database(database: Path) -> None:

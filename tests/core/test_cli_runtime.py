@@ -131,6 +131,32 @@ def test_a_damaged_database_template_is_dropped_not_copied(tmp_path, monkeypatch
     assert not database.exists() and not template.exists()  # the next fresh run makes a new one
 
 
+def test_a_template_half_made_by_a_killed_process_is_removed_at_the_next_save(tmp_path, monkeypatch):
+    import sqlite3
+    from contextlib import closing
+
+    from flows import embedded
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = embedded.database_template()
+    gone = template.with_name(f".{template.name}.{2**31 - 2}")  # above any pid_max: no such process
+    alive = template.with_name(f".{template.name}.{os.getppid()}")  # a live process still saving
+    for partial in (gone, alive):
+        partial.mkdir(parents=True)
+        (partial / "prefect.db").write_bytes(b"half")
+    database = tmp_path / "home" / "prefect.db"
+    database.parent.mkdir()
+    with closing(sqlite3.connect(database)) as db:
+        db.execute("CREATE TABLE alembic_version (version_num TEXT)")
+        db.execute("INSERT INTO alembic_version VALUES ('abc')")
+        db.commit()
+    embedded.save_database_template(database)
+    assert not gone.exists() and alive.exists()
+    assert sorted(p.name for p in template.parent.iterdir()) == sorted([template.name, alive.name])
+    with closing(sqlite3.connect(template / "prefect.db")) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("abc",)
+
+
 class _Stalling(http.server.BaseHTTPRequestHandler):
     """Answers nothing for a long time: img2dataset's requests hang while the test kills the CLI."""
 
