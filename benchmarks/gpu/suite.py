@@ -361,6 +361,14 @@ class StepVariant:
         return f"{self.attn}:{self.mode}:{self.frozen}:{self.rows}:{self.per_document}"
 
 
+def parse_variants(text: str) -> list[StepVariant]:
+    """`--variants`: a comma list of `StepVariant.parse` forms (a bad one is argparse's exit 2)."""
+    try:
+        return [StepVariant.parse(v) for v in text.split(",") if v]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def default_variants(device: str, smoke_compile: bool) -> list[StepVariant]:
     attns = ["flex_attention", "sdpa"] if device == "cuda" else ["sdpa"]
     modes = ["eager", "compiled"] if (device == "cuda" or smoke_compile) else ["eager"]
@@ -373,8 +381,7 @@ def section_step(args, run: Run) -> dict:
 
     c = SMOKE if args.cpu_smoke else StepConfig()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    variants = ([StepVariant.parse(v) for v in args.variants.split(",") if v] if args.variants
-                else default_variants(device, args.smoke_compile))
+    variants = args.variants or default_variants(device, args.smoke_compile)
     peak = peak_tflops(args.peak_tflops)
     result = {"status": "running", "config": asdict(c), "device": device, "steps": args.steps, "peak_tflops": peak,
               "matmul_tflops": matmul_tflops(device), "flops_formula": FLOPS_FORMULA, "runs": []}
@@ -647,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="reduced sizes on CPU: checks the suite itself")
     parser.add_argument("--smoke-compile", action="store_true", help="--cpu-smoke: time the compiled step too (slow)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
-    parser.add_argument("--variants", default=None,
+    parser.add_argument("--variants", default=None, type=parse_variants,
                         help="step: comma list of ATTN:MODE[:FROZEN[:ROWS[:PER_DOCUMENT]]] (default: "
                         "flex_attention and sdpa x eager and compiled, frozen bf16, 1 row; on CPU sdpa:eager)")
     parser.add_argument("--images", type=int, default=256, help="recaption: images")
@@ -661,10 +668,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
-    try:
-        [StepVariant.parse(v) for v in (args.variants or "").split(",") if v]
-    except ValueError as err:
-        parser.error(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'cpu'})"

@@ -281,7 +281,8 @@ class Trainer:
         # FSDP2 shards a block's parameters as one flat dtype: there they stay fp32.
         self.lean_frozen: list[str] = []
         if use_bf16 and s.frozen_bf16 and not (s.strategy == "fsdp2" and dist.world > 1):
-            self.lean_frozen = frozen_weights.store_exact(module.to(dist.device))
+            module.to(dist.device)  # the exactness check of a 7B model is quick there, slow on the host
+            self.lean_frozen = frozen_weights.store_exact(module)
         if s.grad_checkpointing:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.wrapped = wrap(module, s.strategy, dist)
