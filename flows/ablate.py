@@ -13,6 +13,7 @@ from flows.train import step_progress
 from vora_core.ablation import chain, report
 from vora_core.ablation.variants import Grid, check_stages, load_grid
 from vora_core.catalog import Catalog, load_catalog
+from vora_core.train.launch import trainers_side_by_side
 
 
 def publish_report(catalog: Catalog, grid: Grid) -> dict | None:
@@ -53,8 +54,9 @@ def ablate_flow(catalog_path: str, variants_path: str | None = None, only: list[
     units = chain.plan(catalog, grid, only)
     get_run_logger().info("ablate: variants %s", ", ".join(u.id for u in units))
     try:
-        results = map_units(chain, catalog, "ablate", units, parallel=parallel,
-                            hooks={"on_progress": variant_progress})
+        with trainers_side_by_side(min(parallel, len(units))):
+            results = map_units(chain, catalog, "ablate", units, parallel=parallel,
+                                hooks={"on_progress": variant_progress})
     finally:
         written = publish_report(catalog, grid)
     return {"variants": results, "report": written}

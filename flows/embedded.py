@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from vora_core.errors import VoraError
-from vora_core.train.launch import die_with_parent
+from vora_core.train.launch import die_with_parent, openmp_defaults
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def set_defaults() -> None:
     # transformers' and huggingface_hub's tqdm bars ("Loading weights", "Writing model shards") would
     # interleave with the log lines (and fill log files with carriage returns).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # Before torch loads OpenMP: threads wait by sleeping, not spinning (a busy machine, README "Performance").
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before torch loads OpenMP: how its threads wait (README "Performance").
+    os.environ.update(openmp_defaults(os.environ))
 
 
 def check_api_url(url: str) -> None:

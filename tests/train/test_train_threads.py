@@ -1,21 +1,60 @@
-"""CPU thread settings that keep tiny-model training fast on a busy machine: OpenMP threads sleep instead
-of spinning while they wait, in every `vora` command and in the training ranks."""
+"""CPU thread settings that keep tiny-model training fast on a quiet machine and on a busy one: OpenMP
+threads spin briefly, then sleep, while they wait, in every `vora` command and in the training ranks;
+trainers that share the machine with each other do not spin at all."""
 
 from __future__ import annotations
 
+import os
+
 from flows import embedded
-from vora_core.train.launch import child_environment
+from vora_core.train.launch import OPENMP_SPIN_COUNT, child_environment, trainers_side_by_side
 
 
-def test_training_ranks_wait_passively_unless_told_otherwise(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert child_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert child_environment({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own value wins
-    assert child_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+def _clear(monkeypatch) -> None:
+    """Unset both, and have monkeypatch put back whatever was there after the test (set_defaults writes
+    os.environ directly)."""
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
-def test_every_vora_command_sets_passive_waiting_before_torch_loads(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+def test_training_ranks_spin_briefly_then_sleep_unless_told_otherwise(monkeypatch):
+    _clear(monkeypatch)
+    env = child_environment()
+    assert (env["OMP_WAIT_POLICY"], env["GOMP_SPINCOUNT"]) == ("PASSIVE", "3000")
+    assert OPENMP_SPIN_COUNT == "3000"
+    told = child_environment({"OMP_WAIT_POLICY": "ACTIVE"})  # the caller's choice: nothing added to it
+    assert told["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in told
+    monkeypatch.setenv("GOMP_SPINCOUNT", "30000")  # a user's own value wins
+    assert child_environment()["GOMP_SPINCOUNT"] == "30000" and "OMP_WAIT_POLICY" not in child_environment()
+
+
+def test_several_ranks_on_one_node_do_not_spin(monkeypatch):
+    _clear(monkeypatch)
+    assert child_environment(ranks=2)["GOMP_SPINCOUNT"] == "0"
+    assert child_environment(ranks=1)["GOMP_SPINCOUNT"] == "3000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "30000")
+    assert child_environment(ranks=2)["GOMP_SPINCOUNT"] == "30000"
+
+
+def test_trainers_side_by_side_sleep_without_spinning_and_the_setting_comes_back(monkeypatch):
+    _clear(monkeypatch)
     embedded.set_defaults()
-    assert embedded.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    with trainers_side_by_side(1):
+        assert child_environment()["GOMP_SPINCOUNT"] == "3000"
+    with trainers_side_by_side(3):
+        assert child_environment()["GOMP_SPINCOUNT"] == "0"
+    assert os.environ["GOMP_SPINCOUNT"] == "3000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")  # the user's: left alone
+    with trainers_side_by_side(3):
+        assert child_environment()["GOMP_SPINCOUNT"] == "500"
+
+
+def test_every_vora_command_sets_the_wait_policy_before_torch_loads(monkeypatch):
+    _clear(monkeypatch)
+    embedded.set_defaults()
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == ("PASSIVE", "3000")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    embedded.set_defaults()
+    assert "GOMP_SPINCOUNT" not in os.environ

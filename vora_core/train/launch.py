@@ -17,7 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from vora_core.catalog import TrainSettings
@@ -107,13 +108,43 @@ def _tail(path: Path, start: int = 0, chars: int = 3000) -> str:
         return ""
 
 
-def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The training ranks' environment: ours, `env` over it, and defaults a user's own values override."""
+# libgomp (torch's OpenMP here) reads these once, when torch loads it. Threads that wait sleep, after a
+# short spin: sleeping at once costs a wake-up on every small op of a quiet machine (the demo's teacher
+# 59 vs 43 ms per batch), spinning long holds the core a descheduled partner needs (3x slower with two
+# trainers side by side at 30,000; 1.24x at 3,000). README "Performance" has the figures.
+OPENMP_SPIN_COUNT = "3000"
+
+
+def openmp_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """The OpenMP wait settings to add to `env`: none where its owner chose either variable."""
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
+        return {}
+    return {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": OPENMP_SPIN_COUNT}
+
+
+@contextmanager
+def trainers_side_by_side(count: int) -> Iterator[None]:
+    """While `count` > 1 training ranks run at once on this machine, the ones started here wait without
+    spinning (unless GOMP_SPINCOUNT is not ours): two spinning trainers slow each other down."""
+    ours = os.environ.get("GOMP_SPINCOUNT") == OPENMP_SPIN_COUNT
+    if count <= 1 or not ours:
+        yield
+        return
+    os.environ["GOMP_SPINCOUNT"] = "0"
+    try:
+        yield
+    finally:
+        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+
+
+def child_environment(env: dict[str, str] | None = None, ranks: int = 1) -> dict[str, str]:
+    """The training ranks' environment: ours, `env` over it, and defaults a user's own values override.
+    Several ranks on this node wait without spinning (see `trainers_side_by_side`)."""
     child_env = {**os.environ, **(env or {})}
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # OpenMP threads that wait by sleeping, not spinning: on a busy CPU a spinning thread holds the core
-    # its descheduled partner needs, and every op waits on both (README "Performance": 3-7x slower steps).
-    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    child_env.update(openmp_defaults(child_env))
+    if ranks > 1 and child_env.get("GOMP_SPINCOUNT") == OPENMP_SPIN_COUNT:
+        child_env["GOMP_SPINCOUNT"] = "0"
     return child_env
 
 
@@ -125,7 +156,7 @@ def launch(spec: RunSpec, on_progress: Callable[[dict], None] | None = None, pol
     spec_path = spec.save(out / "spec.json")
     log_path = out / "train.log"
     cmd = training_command(spec_path, spec.settings, run_id)
-    child_env = child_environment(env)
+    child_env = child_environment(env, ranks=spec.settings.nproc_per_node)
     log.info("launching: %s", " ".join(cmd))
     stats_path = out / "run_stats.json"
     stats_path.unlink(missing_ok=True)
