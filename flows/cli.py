@@ -8,13 +8,18 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import typer
-from rich.console import Console
-
 from flows import embedded
-from vora_core.catalog import Catalog, load_catalog
-from vora_core.errors import VoraError
-from vora_core.stages import NAMES, check_stage, select_stages
+
+# Before torch or Prefect is imported (vora_core.stages imports torch): libgomp reads its wait policy
+# once, when torch loads it, and Prefect its settings when it is imported.
+embedded.set_defaults()
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from vora_core.catalog import Catalog, load_catalog  # noqa: E402
+from vora_core.errors import VoraError  # noqa: E402
+from vora_core.stages import NAMES, check_stage, select_stages  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="VoRA pipeline: vision as LoRA, end to end.")
 console = Console()
@@ -208,7 +213,6 @@ def merge(
 
 
 def main() -> None:
-    embedded.set_defaults()  # before any command imports Prefect: in effect for every entry point
     try:
         app(standalone_mode=False)
     except VoraError as e:

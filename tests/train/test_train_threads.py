@@ -5,6 +5,9 @@ trainers that share the machine with each other do not spin at all."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from flows import embedded
 from vora_core.train.launch import OPENMP_SPIN_COUNT, child_environment, trainers_side_by_side
@@ -58,3 +61,24 @@ def test_every_vora_command_sets_the_wait_policy_before_torch_loads(monkeypatch)
     monkeypatch.delenv("GOMP_SPINCOUNT")
     embedded.set_defaults()
     assert "GOMP_SPINCOUNT" not in os.environ
+
+
+def test_the_cli_sets_them_before_it_imports_torch():
+    """libgomp reads them once, as torch loads it: the CLI's own process (the teacher's pretraining,
+    merge, evaluate) must have them set by then, not only its training children."""
+    probe = (
+        "import importlib.abc, os, sys\n"
+        "class Spy(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'torch' and 'seen' not in os.environ:\n"
+        "            os.environ['seen'] = os.environ.get('GOMP_SPINCOUNT', 'unset')\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "import flows.cli\n"
+        "print(os.environ['seen'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "3000"
