@@ -82,3 +82,14 @@ def test_the_cli_sets_them_before_it_imports_torch():
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "3000"
+
+
+def test_the_wait_policy_benchmark_times_each_setting_in_its_own_process():
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "benchmarks/openmp_wait.py", "--spin", "3000", "--rounds", "1",
+                          "--batches", "1"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("ms per batch of 64, the demo's teacher step; 1 process(es)")
+    assert lines[1].startswith("round 1  GOMP_SPINCOUNT=3000") and float(lines[1].split()[-1]) > 0
+    assert lines[2].startswith("GOMP_SPINCOUNT=3000") and lines[2].endswith("vs 3000: 1.00x")
