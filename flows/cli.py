@@ -213,6 +213,7 @@ def merge(
 
 
 def main() -> None:
+    embedded.set_defaults()  # again for every call (a user's values still win): Prefect reads them as it starts
     try:
         app(standalone_mode=False)
     except VoraError as e:
