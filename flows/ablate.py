@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import artifact_key, map_units, png_markdown
+from flows.common import artifact_key, map_units, png_markdown, run_name
 from flows.pipeline import vora_pipeline
 from flows.train import step_progress
 from vora_core.ablation import chain, report
@@ -43,7 +43,7 @@ def variant_progress(record: dict) -> None:
     step_progress(f"{record['variant']} {record['stage']}", None)(record)
 
 
-@flow(name="ablate", log_prints=True)
+@flow(name="ablate", log_prints=True, flow_run_name=run_name("ablate"))
 def ablate_flow(catalog_path: str, variants_path: str | None = None, only: list[str] | None = None,
                 parallel: int = 1, full_llm: bool = False) -> dict[str, object]:
     catalog = load_catalog(catalog_path)

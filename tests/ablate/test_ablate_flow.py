@@ -63,6 +63,8 @@ def env() -> dict[str, str]:
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
     out.pop("PREFECT_API_URL", None)  # its own embedded server, like a user's run
     out.pop("PREFECT_HOME", None)
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):  # vora's own defaults, as a user gets them
+        out.pop(name, None)
     return out
 
 
@@ -95,6 +97,7 @@ def test_killed_ablation_resumes_then_skips_finished_variants(tmp_path):
     assert sorted(p.name for p in shared) == ["llm.done.json", "teacher.done.json"]
 
     log = run_to_end(tmp_path, catalog, "--parallel", "2")  # vanilla resumes while vora starts
+    assert "Flow run 'abl-ablate' - ablate: variants vanilla, vora" in log  # named as every stage's run is
     # the flow's log follows each variant's training (not a terminal: plain n/N lines)
     assert "ablate teacher: 1/1 epochs, done in" not in log  # built before the kill, not again
     first = (tmp_path / "first.log").read_text()
@@ -111,6 +114,10 @@ def test_killed_ablation_resumes_then_skips_finished_variants(tmp_path):
     steps = [json.loads(line)["step"] for line in
              (ablations / "vanilla" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, PRETRAIN_STEPS + 1))  # resumed: every step once, in order
+    # Alone, a variant's threads spin briefly before they sleep; two variants side by side do not spin.
+    waits = re.findall(r"GOMP_SPINCOUNT (\d+)\)", (ablations / "vanilla" / "pretrain" / "train.log").read_text())
+    assert waits == ["3000", "0"]
+    assert re.findall(r"GOMP_SPINCOUNT (\d+)\)", (ablations / "vora" / "pretrain" / "train.log").read_text()) == ["0"]
     for name in VARIANTS:
         assert read_marker(ablations / name / "pretrain" / "final")["stats"]["steps"] == PRETRAIN_STEPS
         summary = json.loads((ablations / name / "eval" / "summary.json").read_text())

@@ -259,6 +259,15 @@ def _record(step: int, vec: list[float], blocks: list[int], host: dict, distill_
     }
 
 
+def cpu_threads_note(device: torch.device) -> str:
+    """How the step's CPU threads wait (libgomp's settings, which decide the speed of small ops on a quiet
+    or a busy machine: README "Training speed on CPU"); nothing on an accelerator."""
+    if device.type != "cpu":
+        return ""
+    policy, spin = os.environ.get("OMP_WAIT_POLICY", "unset"), os.environ.get("GOMP_SPINCOUNT", "unset")
+    return f", {torch.get_num_threads()} CPU threads (OMP_WAIT_POLICY {policy}, GOMP_SPINCOUNT {spin})"
+
+
 class Trainer:
     """One rank's training run (torchtitan's `Trainer` is the model): `__init__` builds the model, the
     data, the optimizer and resumes from the newest checkpoint; `run` repeats `step` (one optimizer step),
@@ -329,7 +338,7 @@ class Trainer:
             lean = f", {len(self.lean_frozen)} frozen linear tensors in bf16" if self.lean_frozen else ""
             print(f"[train] {spec.stage}: {self.total} steps ({steps_per_epoch} per epoch), world {dist.world}, "
                   f"trainable {self.trainable_counts['trainable']:,} / frozen {self.trainable_counts['frozen']:,}, "
-                  f"start at step {self.state['step']}{lean}", flush=True)
+                  f"start at step {self.state['step']}{lean}{cpu_threads_note(dist.device)}", flush=True)
 
     def step(self) -> None:
         """One optimizer step (its metrics stay on the device until the next `log`)."""
