@@ -109,9 +109,8 @@ def _tail(path: Path, start: int = 0, chars: int = 3000) -> str:
 
 
 # libgomp (torch's OpenMP here) reads these once, when torch loads it. Threads that wait sleep, after a
-# short spin: sleeping at once costs a wake-up on every small op of a quiet machine (the demo's teacher
-# 59 vs 43 ms per batch), spinning long holds the core a descheduled partner needs (3x slower with two
-# trainers side by side at 30,000; 1.24x at 3,000). README "Performance" has the figures.
+# short spin: sleeping at once costs a wake-up on every small op of a quiet machine, spinning long holds
+# the core a descheduled partner needs (benchmarks/openmp_wait.py; figures in README "Training speed on CPU").
 OPENMP_SPIN_COUNT = "3000"
 
 
